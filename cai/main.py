@@ -1,0 +1,79 @@
+"""Entry point: ``python -m cai.main --config=experiments/X.py[:arg] --workdir=DIR``.
+
+Runs the stages named in ``config.stages`` in order; each reads its inputs from and writes its
+outputs to the workdir, and resumes from what is already there.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import jax
+import ml_collections
+from absl import app, flags
+from etils import epath
+from ml_collections import config_flags
+
+from cai import pretrain
+from cai.cli import fail, one_line, parse_flags, quiet_libraries
+from cai.errors import ConfigError
+
+STAGES = {
+    "pretrain": pretrain.run,
+}
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file.", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string("workdir", "workdir", "Where stages read and write everything.")
+
+
+def check_workdir(path: str) -> epath.Path:
+    workdir = epath.Path(path)
+    if "://" not in path:
+        workdir = epath.Path(path).expanduser().absolute()
+        if not workdir.parent.exists():
+            raise ConfigError(f"--workdir={path}: parent directory {workdir.parent} does not exist")
+        if workdir.exists() and not workdir.is_dir():
+            raise ConfigError(f"--workdir={path} exists and is not a directory")
+    workdir.mkdir(exist_ok=True)
+    return workdir
+
+
+def run(config, workdir_flag: str) -> None:
+    unknown = [s for s in config.stages if s not in STAGES]
+    if unknown:
+        raise ConfigError(
+            f"config.stages: unknown stage {unknown[0]!r} (known: {', '.join(STAGES)})"
+        )
+    if config.distributed:
+        jax.distributed.initialize()
+    workdir = check_workdir(workdir_flag)
+    logging.info("workdir %s, %d devices, stages %s", workdir, jax.device_count(), config.stages)
+    for stage in config.stages:
+        STAGES[stage](config, workdir)
+
+
+def load_config() -> ml_collections.ConfigDict:
+    """The --config file is loaded lazily by config_flags; surface its errors on one line."""
+    try:
+        config = _CONFIG.value
+        config.stages  # noqa: B018 -- forces the lazy load
+        return config
+    except Exception as e:  # any error inside the user's config file
+        fail(f"--config: {one_line(e)}")
+
+
+def main(argv: list[str]) -> None:
+    quiet_libraries()
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    try:
+        run(load_config(), _WORKDIR.value)
+    except ConfigError as e:
+        fail(str(e))
+
+
+if __name__ == "__main__":
+    flags.mark_flag_as_required("config")
+    app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,338 @@
+"""Train state, optimizer, the pure train step, its one-time compilation, and the resumable loop.
+
+Every stage that trains (pretraining, SL-CAI, the preference model, PPO) uses this file: it
+supplies a ``loss_fn(params, batch, model) -> (loss, metrics)`` and a deterministic
+``batch_fn(step) -> dict of numpy arrays``; ``fit`` does the rest (sharded init, restore,
+compile once, checkpoint cadence, metrics).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from etils import epath
+from jax.sharding import Mesh
+from tqdm.auto import tqdm
+
+from cai import sharding
+from cai.checkpoint import Checkpointer
+from cai.errors import ConfigError
+from cai.metrics import MetricsWriter
+from cai.model import Transformer
+
+Batch = dict[str, jax.Array]
+LossFn = Callable[[Any, Batch, Transformer], tuple[jax.Array, dict[str, jax.Array]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    learning_rate: float = 3e-4
+    warmup_steps: int = 100
+    schedule: str = "cosine"  # cosine | linear | constant (after linear warmup)
+    end_lr_ratio: float = 0.1  # final lr = learning_rate * end_lr_ratio
+    weight_decay: float = 0.1
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    clip_norm: float = 1.0  # global-norm clipping; 0 disables
+
+    def __post_init__(self) -> None:
+        if self.schedule not in ("cosine", "linear", "constant"):
+            raise ConfigError(
+                f"optim.schedule={self.schedule!r}: expected cosine, linear or constant"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 16
+    seq_len: int = 256
+    seed: int = 0
+    log_every: int = 10
+    save_every: int = 200
+    keep: int = 2
+    halt_at_step: int = 0  # >0: stop after this step as if preempted (a rerun resumes)
+
+    def __post_init__(self) -> None:
+        for f in ("steps", "batch_size", "seq_len", "log_every", "save_every", "keep"):
+            if getattr(self, f) <= 0:
+                raise ConfigError(f"train.{f} must be positive, got {getattr(self, f)}")
+
+
+def make_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
+    warmup = min(cfg.warmup_steps, max(total_steps - 1, 0))
+    end = cfg.learning_rate * cfg.end_lr_ratio
+    decay_steps = max(total_steps - warmup, 1)
+    if cfg.schedule == "cosine":
+        return optax.warmup_cosine_decay_schedule(
+            0.0, cfg.learning_rate, warmup, warmup + decay_steps, end
+        )
+    after = (
+        optax.linear_schedule(cfg.learning_rate, end, decay_steps)
+        if cfg.schedule == "linear"
+        else optax.constant_schedule(cfg.learning_rate)
+    )
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, cfg.learning_rate, warmup), after], [warmup]
+    )
+
+
+def make_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransformation:
+    """AdamW with warmup + decay; no weight decay on vectors (norm scales, biases)."""
+    decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)  # noqa: E731
+    adamw = optax.adamw(
+        make_schedule(cfg, total_steps),
+        b1=cfg.b1,
+        b2=cfg.b2,
+        eps=cfg.eps,
+        weight_decay=cfg.weight_decay,
+        mask=decay_mask,
+    )
+    return optax.chain(optax.clip_by_global_norm(cfg.clip_norm), adamw) if cfg.clip_norm else adamw
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # int32 scalar: optimizer steps taken
+    params: Any
+    opt_state: Any
+    rng: jax.Array  # uint32[2]: fold_in(rng, step) gives the step's key
+
+
+def next_token_nll(
+    logits: jax.Array, tokens: jax.Array, loss_mask: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Summed NLL of tokens[:, 1:] given logits[:, :-1], weighted by loss_mask[:, 1:].
+
+    Returns (nll_sum, weight_sum, correct_sum)."""
+    logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)  # [B, T-1, V]
+    targets = tokens[:, 1:]
+    w = loss_mask[:, 1:].astype(jnp.float32)
+    tok_logp = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]  # [B, T-1]
+    correct = (jnp.argmax(logp, -1) == targets).astype(jnp.float32)
+    return -jnp.sum(tok_logp * w), jnp.sum(w), jnp.sum(correct * w)
+
+
+def lm_loss(
+    params: Any, batch: Batch, model: Transformer
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Masked next-token cross-entropy; ``loss_mask`` picks which tokens are targets."""
+    out = model.apply({"params": params}, batch["tokens"], batch["mask"])
+    loss_mask = batch["loss_mask"] * batch["mask"]
+    nll, n, correct = next_token_nll(out.logits, batch["tokens"], loss_mask)
+    n = jnp.maximum(n, 1.0)
+    return nll / n, {"accuracy": correct / n, "tokens": n}
+
+
+def train_step(
+    state: TrainState,
+    batch: Batch,
+    *,
+    model: Transformer,
+    optimizer: optax.GradientTransformation,
+    loss_fn: LossFn,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimizer step: ``(state, batch) -> (state, metrics)``; pure, jitted once by ``fit``."""
+    (loss, aux), grads = jax.value_and_grad(lambda p: loss_fn(p, batch, model), has_aux=True)(
+        state.params
+    )
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def abstract_params(model: Transformer, mesh: Mesh) -> tuple[Any, Any]:
+    """(boxed-free abstract params, their shardings) without allocating anything."""
+    boxed = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"]
+    )
+    return nn.unbox(boxed), sharding.param_shardings(boxed, mesh)
+
+
+def init_params(model: Transformer, mesh: Mesh, seed: int) -> Any:
+    """Parameters created directly in their shards (no full host copy)."""
+    _, shardings = abstract_params(model, mesh)
+    init = lambda key: nn.unbox(model.init(key, jnp.zeros((1, 1), jnp.int32))["params"])  # noqa: E731
+    return jax.jit(init, out_shardings=shardings)(jax.random.key(seed))
+
+
+def state_shardings(
+    model: Transformer, optimizer: optax.GradientTransformation, mesh: Mesh
+) -> tuple[TrainState, TrainState]:
+    """(abstract TrainState, TrainState of shardings); optimizer moments follow their params."""
+    params, p_shard = abstract_params(model, mesh)
+    opt = jax.eval_shape(optimizer.init, params)
+    rep = sharding.replicated(mesh)
+    o_shard = optax.tree_map_params(
+        optimizer, lambda _, s: s, opt, p_shard, transform_non_params=lambda _: rep
+    )
+    abstract = TrainState(
+        step=jax.ShapeDtypeStruct((), jnp.int32),
+        params=params,
+        opt_state=opt,
+        rng=jax.ShapeDtypeStruct((2,), jnp.uint32),
+    )
+    return abstract, TrainState(step=rep, params=p_shard, opt_state=o_shard, rng=rep)
+
+
+def create_train_state(
+    model: Transformer,
+    optimizer: optax.GradientTransformation,
+    mesh: Mesh,
+    seed: int,
+    params: Any | None = None,
+) -> TrainState:
+    """A fresh, sharded state; ``params`` (e.g. a restored base model) replaces the random init."""
+    _, shard = state_shardings(model, optimizer, mesh)
+
+    def make(key: jax.Array, given: Any) -> TrainState:
+        p = (
+            nn.unbox(model.init(key, jnp.zeros((1, 1), jnp.int32))["params"])
+            if given is None
+            else given
+        )
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=p,
+            opt_state=optimizer.init(p),
+            rng=jax.random.key_data(jax.random.fold_in(key, 1)),
+        )
+
+    return jax.jit(make, out_shardings=shard)(jax.random.key(seed), params)
+
+
+def compile_train_step(
+    model: Transformer,
+    optimizer: optax.GradientTransformation,
+    mesh: Mesh,
+    batch_shapes: dict[str, tuple[tuple[int, ...], Any]],
+    loss_fn: LossFn = lm_loss,
+) -> Any:
+    """Jit with in/out shardings and donated state, compile ahead of time, log memory.
+
+    The returned executable accepts only these shapes, so a run cannot silently recompile."""
+    abstract, shard = state_shardings(model, optimizer, mesh)
+    for name, (shape, _) in batch_shapes.items():
+        sharding.check_batch(shape[0], mesh, f"batch['{name}'] leading dim")
+    b_shard = {k: sharding.batch_sharding(mesh, len(s)) for k, (s, _) in batch_shapes.items()}
+    b_abstract = {
+        k: jax.ShapeDtypeStruct(s, d, sharding=b_shard[k]) for k, (s, d) in batch_shapes.items()
+    }
+    step = functools.partial(train_step, model=model, optimizer=optimizer, loss_fn=loss_fn)
+
+    def run(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        with sharding.activation_context(mesh):
+            return step(state, batch)
+
+    jitted = jax.jit(
+        run,
+        in_shardings=(shard, b_shard),
+        out_shardings=(shard, sharding.replicated(mesh)),
+        donate_argnums=0,
+    )
+    abstract = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shard
+    )
+    compiled = jitted.lower(abstract, b_abstract).compile()
+    log_memory(compiled, "train_step")
+    return compiled
+
+
+def log_memory(compiled: Any, what: str) -> dict[str, int]:
+    try:
+        m = compiled.memory_analysis()
+    except Exception:  # some backends do not implement it
+        m = None
+    if m is None:
+        return {}
+    stats = {
+        k: int(getattr(m, k, 0))
+        for k in (
+            "argument_size_in_bytes",
+            "output_size_in_bytes",
+            "temp_size_in_bytes",
+            "alias_size_in_bytes",
+        )
+    }
+    logging.info(
+        "%s per-device memory: %s",
+        what,
+        ", ".join(
+            f"{k.replace('_size_in_bytes', '')}={v / 2**20:.1f}MiB" for k, v in stats.items()
+        ),
+    )
+    return stats
+
+
+def fit(
+    *,
+    model: Transformer,
+    optim_cfg: OptimConfig,
+    train_cfg: TrainConfig,
+    mesh: Mesh,
+    batch_fn: Callable[[int], dict[str, Any]],
+    workdir: epath.Path,
+    metadata: dict[str, Any],
+    loss_fn: LossFn = lm_loss,
+    init_params: Any | None = None,
+    stage: str = "train",
+) -> TrainState:
+    """Train for ``train_cfg.steps`` optimizer steps, resuming from ``workdir/checkpoints``.
+
+    ``batch_fn(step)`` must be a pure function of the step so a resumed run sees exactly the
+    batches the uninterrupted one would have.
+    """
+    optimizer = make_optimizer(optim_cfg, train_cfg.steps)
+    sharding.check_batch(train_cfg.batch_size, mesh, "train.batch_size")
+    example = batch_fn(0)
+    compiled = compile_train_step(
+        model, optimizer, mesh, {k: (v.shape, v.dtype) for k, v in example.items()}, loss_fn
+    )
+    ckpt = Checkpointer(
+        workdir / "checkpoints", save_every=train_cfg.save_every, keep=train_cfg.keep
+    )
+    state = create_train_state(model, optimizer, mesh, train_cfg.seed, init_params)
+    if ckpt.latest_step() is not None:
+        train_like = {"step": state.step, "opt_state": state.opt_state, "rng": state.rng}
+        step, params, train = ckpt.restore(state.params, train_like)
+        state = TrainState(
+            step=train["step"], params=params, opt_state=train["opt_state"], rng=train["rng"]
+        )
+        logging.info("%s: resumed from step %d", stage, step)
+    start = int(state.step)
+    end = train_cfg.steps
+    if train_cfg.halt_at_step:
+        end = min(end, train_cfg.halt_at_step)
+    writer = MetricsWriter(workdir, stage)
+    try:
+        for step in tqdm(
+            range(start, end), desc=stage, initial=start, total=train_cfg.steps, mininterval=2.0
+        ):
+            batch = sharding.put_batch(batch_fn(step), mesh)
+            state, metrics = compiled(state, batch)
+            done = step + 1
+            if done % train_cfg.log_every == 0 or done == end:
+                writer.write(done, {f"{stage}/{k}": v for k, v in jax.device_get(metrics).items()})
+            ckpt.save(
+                done,
+                state.params,
+                {"step": state.step, "opt_state": state.opt_state, "rng": state.rng},
+                {**metadata, "step": done},
+                force=done == end,
+            )
+        ckpt.wait()
+    finally:
+        writer.close()
+        ckpt.close()
+    return state

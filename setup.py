@@ -1,0 +1,28 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="cai",
+    version="0.1.0",
+    description="Constitutional AI (arXiv 2212.08073) in JAX: from a laptop toy world to TPU pods.",
+    packages=find_packages(include=["cai", "cai.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.10",
+        "flax>=0.12",
+        "optax>=0.2.8",
+        "orbax-checkpoint>=0.12",
+        "ml-collections>=1.0",
+        "absl-py",
+        "numpy",
+        "tqdm",
+        "tensorboardX",
+        "sentencepiece",
+        "matplotlib",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "ruff"],
+        # torch must be installed first as `pip install torch==2.13.0` (CPU wheel); see README.
+        "hf": ["transformers>=4.45", "safetensors"],
+        "bench": ["transformers>=4.45", "safetensors"],
+    },
+)

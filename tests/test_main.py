@@ -1,0 +1,108 @@
+"""The real entry points end to end (smoke configs), and one-line errors for bad input."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import pytest
+
+from cai import configs
+from cai.metrics import read_jsonl
+from cai.model import ModelConfig
+
+
+def cli(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", *args], capture_output=True, text=True, timeout=600, cwd=cwd
+    )
+
+
+def test_main_smoke_end_to_end_then_sample(repo, tmp_path):
+    proc = cli("cai.main", f"--config={repo}/experiments/rlcai.py:smoke", f"--workdir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["pretrain"]["steps"] == 20
+    rows = read_jsonl(tmp_path / "pretrain/metrics.jsonl")
+    assert rows[-1]["pretrain/loss"] < rows[0]["pretrain/loss"]
+    assert list((tmp_path / "pretrain/tb").glob("events.out.tfevents.*"))
+    out = cli(
+        "cai.sample",
+        f"--checkpoint={tmp_path}",
+        "--prompt=Q: 1+2=? A:",
+        "--prompt=Q: 5-3=? A:",
+        "--temperature=0",
+        "--max_new_tokens=4",
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("Q: 1+2=? A:") and len(lines[0]) > 11
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (
+            ["--config.model.d_modle=3"],
+            "error: --config.model.d_modle: unknown config key (did you mean 'd_model'?)",
+        ),
+        (
+            ["--config.mesh.data=3"],
+            "error: mesh (data=3, fsdp=1, tensor=1) needs 3 devices but 8 are available",
+        ),
+        (
+            [
+                "--config.pretrain.train.batch_size=6",
+                "--config.mesh.data=4",
+                "--config.mesh.fsdp=2",
+            ],
+            "error: pretrain.train.batch_size=6 is not divisible by the data axes of the mesh (data*fsdp = 4*2 = 8)",
+        ),
+        (
+            ["--workdir=/no/such/parent/run"],
+            "error: --workdir=/no/such/parent/run: parent directory /no/such/parent does not exist",
+        ),
+        (
+            ["--config.stages=('pretrain','rl')"],
+            "error: config.stages: unknown stage 'rl' (known: pretrain)",
+        ),
+        (
+            ["--config.model.mlp=relu"],
+            "error: model.mlp='relu': expected one of ('swiglu', 'geglu', 'gelu')",
+        ),
+    ],
+)
+def test_bad_input_is_one_line(repo, tmp_path, args, message):
+    argv = [f"--config={repo}/experiments/pretrain.py:smoke", f"--workdir={tmp_path}/w", *args]
+    if args[0].startswith("--workdir"):
+        argv = [argv[0], *args]
+    proc = cli("cai.main", *argv)
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [message]
+
+
+def test_missing_config_file_is_one_line(tmp_path):
+    proc = cli("cai.main", "--config=/no/such/config.py", f"--workdir={tmp_path}/w")
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "/no/such/config.py" in errors[0] and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("name", ["pretrain", "rlcai"])
+@pytest.mark.parametrize("arg", [None, "smoke"])
+def test_experiment_configs_convert(repo, name, arg):
+    spec = importlib.util.spec_from_file_location(name, repo / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(arg)
+    configs.to_dataclass(ModelConfig, config.model, "model")
+    with pytest.raises(ValueError, match="unknown variant"):
+        module.get_config("nope")
+
+
+def test_unknown_key_inside_a_section():
+    with pytest.raises(ValueError, match=r"config.pretrain.train.setps: unknown key"):
+        from cai.train_lib import TrainConfig
+
+        configs.to_dataclass(TrainConfig, {"setps": 3}, "pretrain.train")
