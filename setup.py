@@ -17,12 +17,18 @@ setup(
         "tqdm",
         "tensorboardX",
         "sentencepiece",
+        "protobuf",  # editing sentencepiece model protos (GGUF vocabularies)
         "matplotlib",
+        # TFDS builders (cai/data/*): array_record files read with as_data_source, no TensorFlow.
+        "tensorflow-datasets",
+        "array_record",
+        "importlib_resources",
     ],
     extras_require={
         "test": ["pytest>=8", "ruff"],
         # torch must be installed first as `pip install torch==2.13.0` (CPU wheel); see README.
-        "hf": ["transformers>=4.45", "safetensors"],
+        # Real checkpoints: HF safetensors, GGUF files, BPE tokenizers, parity tests.
+        "hf": ["transformers>=4.45", "safetensors", "tokenizers", "gguf", "accelerate", "jinja2"],
         "bench": ["transformers>=4.45", "safetensors"],
     },
 )

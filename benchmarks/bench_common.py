@@ -6,11 +6,25 @@ from __future__ import annotations
 import os
 import statistics
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 from cai.model import ModelConfig
+
+# XLA:CPU in this jaxlib hands reductions to YNNPACK "library fusions" by default; on our shapes
+# they are 10-20x slower than XLA's own loop emitter (e.g. the loss's row max over [8, 256, 8192]
+# logits: ~200 ms vs ~12 ms; softmax and norm reductions likewise). This drops only that fusion
+# type; matmuls stay on YNNPACK, nothing else changes. CPU-only, performance-only.
+YNN_NO_REDUCE = "--xla_cpu_experimental_ynn_fusion_type=-LIBRARY_FUSION_TYPE_REDUCE"
+
+
+def configure_xla(argv: list[str]) -> None:
+    """Add ``YNN_NO_REDUCE`` to XLA_FLAGS unless ``--xla-defaults`` is in ``argv``; call it
+    before jax creates its CPU backend (i.e. before the first computation)."""
+    if "--xla-defaults" not in argv and "ynn_fusion_type" not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {YNN_NO_REDUCE}".strip()
 
 
 def hf_llama(cfg: ModelConfig, params: Any | None = None) -> Any:
@@ -22,11 +36,18 @@ def hf_llama(cfg: ModelConfig, params: Any | None = None) -> Any:
     if cfg.mlp != "swiglu" or cfg.norm != "rms" or cfg.position != "rope" or cfg.use_bias:
         raise ValueError("hf_llama covers Llama-style configs only")
     hf_cfg = LlamaConfig(
-        vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.mlp_dim,
-        num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
-        num_key_value_heads=cfg.n_kv_heads, head_dim=cfg.head_dim, rms_norm_eps=cfg.norm_eps,
-        rope_theta=cfg.rope_theta, tie_word_embeddings=cfg.tie_embeddings,
-        max_position_embeddings=cfg.max_len)
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.d_model,
+        intermediate_size=cfg.mlp_dim,
+        num_hidden_layers=cfg.n_layers,
+        num_attention_heads=cfg.n_heads,
+        num_key_value_heads=cfg.n_kv_heads,
+        head_dim=cfg.head_dim,
+        rms_norm_eps=cfg.norm_eps,
+        rope_theta=cfg.rope_theta,
+        tie_word_embeddings=cfg.tie_embeddings,
+        max_position_embeddings=cfg.max_len,
+    )
     torch.manual_seed(0)
     model = LlamaForCausalLM(hf_cfg).float()
     if params is not None:
@@ -43,24 +64,28 @@ def hf_state_dict(params: Any, cfg: ModelConfig) -> dict[str, Any]:
     D = cfg.d_model
     t = lambda a: torch.from_numpy(np.array(a, np.float32))  # noqa: E731
     lin = lambda w: t(np.asarray(w).reshape(D, -1).T)  # [D, ...] -> [out, D]  # noqa: E731
-    sd = {"model.embed_tokens.weight": t(params["embedding"]),
-          "model.norm.weight": t(params["final_norm"]["scale"])}
+    sd = {
+        "model.embed_tokens.weight": t(params["embedding"]),
+        "model.norm.weight": t(params["final_norm"]["scale"]),
+    }
     if not cfg.tie_embeddings:
         sd["lm_head.weight"] = t(np.asarray(params["unembed"]).T)
     for i in range(cfg.n_layers):
         p, pre = params[f"layers_{i}"], f"model.layers.{i}."
         a, m = p["attn"], p["mlp"]
-        sd.update({
-            pre + "input_layernorm.weight": t(p["attn_norm"]["scale"]),
-            pre + "post_attention_layernorm.weight": t(p["mlp_norm"]["scale"]),
-            pre + "self_attn.q_proj.weight": lin(a["q"]),
-            pre + "self_attn.k_proj.weight": lin(a["k"]),
-            pre + "self_attn.v_proj.weight": lin(a["v"]),
-            pre + "self_attn.o_proj.weight": t(np.asarray(a["o"]).reshape(-1, D).T),
-            pre + "mlp.gate_proj.weight": lin(m["wg"]),  # silu branch
-            pre + "mlp.up_proj.weight": lin(m["wi"]),
-            pre + "mlp.down_proj.weight": t(np.asarray(m["wo"]).T),
-        })
+        sd.update(
+            {
+                pre + "input_layernorm.weight": t(p["attn_norm"]["scale"]),
+                pre + "post_attention_layernorm.weight": t(p["mlp_norm"]["scale"]),
+                pre + "self_attn.q_proj.weight": lin(a["q"]),
+                pre + "self_attn.k_proj.weight": lin(a["k"]),
+                pre + "self_attn.v_proj.weight": lin(a["v"]),
+                pre + "self_attn.o_proj.weight": t(np.asarray(a["o"]).reshape(-1, D).T),
+                pre + "mlp.gate_proj.weight": lin(m["wg"]),  # silu branch
+                pre + "mlp.up_proj.weight": lin(m["wi"]),
+                pre + "mlp.down_proj.weight": t(np.asarray(m["wo"]).T),
+            }
+        )
     return sd
 
 
@@ -75,8 +100,11 @@ def matmul_peak_gflops(n: int = 2048, reps: int = 8) -> tuple[float, str]:
     ta, tb = torch.from_numpy(a), torch.from_numpy(b)
     ja, jb = jnp.asarray(a), jnp.asarray(b)
     mm = jax.jit(jnp.matmul)
-    cands = {"numpy": lambda: a @ b, "torch": lambda: ta @ tb,
-             "jax": lambda: mm(ja, jb).block_until_ready()}
+    cands = {
+        "numpy": lambda: a @ b,
+        "torch": lambda: ta @ tb,
+        "jax": lambda: mm(ja, jb).block_until_ready(),
+    }
     best = {k: 2 * n**3 / min(timed(f, reps, warmup=2)) / 1e9 for k, f in cands.items()}
     lib = max(best, key=best.get)
     return best[lib], ", ".join(f"{k} {v:.0f}" for k, v in best.items())
@@ -95,16 +123,25 @@ def timed(fn: Callable[[], Any], reps: int, warmup: int = 1) -> list[float]:
 
 
 def summary(secs: list[float]) -> str:
-    return (f"median {statistics.median(secs) * 1e3:.1f} ms, best {min(secs) * 1e3:.1f} ms "
-            f"over {len(secs)}")
+    return (
+        f"median {statistics.median(secs) * 1e3:.1f} ms, best {min(secs) * 1e3:.1f} ms "
+        f"over {len(secs)}"
+    )
 
 
 def thread_report() -> str:
     import jax
     import torch
 
-    return (f"torch.get_num_threads()={torch.get_num_threads()} "
-            f"torch.get_num_interop_threads()={torch.get_num_interop_threads()}; "
-            f"XLA:CPU intra-op pool = os.cpu_count()={os.cpu_count()} "
-            f"(sched_getaffinity={len(os.sched_getaffinity(0))}), "
-            f"jax devices={jax.devices()}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+    return (
+        f"torch.get_num_threads()={torch.get_num_threads()} "
+        f"torch.get_num_interop_threads()={torch.get_num_interop_threads()}; "
+        f"XLA:CPU intra-op pool = os.cpu_count()={os.cpu_count()} "
+        f"(sched_getaffinity={len(os.sched_getaffinity(0))}), "
+        f"jax devices={jax.devices()}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}"
+    )
+
+
+def load_report() -> str:
+    """The 1-minute load average: other processes on a shared machine skew CPU timings."""
+    return f"loadavg(1 min)={os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"

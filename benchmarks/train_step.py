@@ -31,13 +31,31 @@ import torch
 
 from cai import sharding
 from cai.model import PRESETS, ModelConfig, Transformer
-from cai.train_lib import (OptimConfig, compile_train_step, create_train_state, make_optimizer)
+from cai.train_lib import OptimConfig, compile_train_step, create_train_state, make_optimizer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_common import hf_llama, matmul_peak_gflops, summary, thread_report, timed  # noqa: E402
+from bench_common import (  # noqa: E402
+    configure_xla,
+    hf_llama,
+    load_report,
+    matmul_peak_gflops,
+    summary,
+    thread_report,
+    timed,
+)
 
-OPT = OptimConfig(learning_rate=3e-4, warmup_steps=0, schedule="constant", weight_decay=0.1,
-                  b1=0.9, b2=0.95, eps=1e-8, clip_norm=1.0)
+configure_xla(sys.argv)  # before jax's CPU backend starts; see bench_common.YNN_NO_REDUCE
+
+OPT = OptimConfig(
+    learning_rate=3e-4,
+    warmup_steps=0,
+    schedule="constant",
+    weight_decay=0.1,
+    b1=0.9,
+    b2=0.95,
+    eps=1e-8,
+    clip_norm=1.0,
+)
 
 
 def flops_per_token(cfg: ModelConfig, T: int) -> float:
@@ -51,13 +69,18 @@ def ours(cfg: ModelConfig, tokens: np.ndarray) -> tuple:
     model = Transformer(cfg)
     opt = make_optimizer(OPT, 1000)
     B, T = tokens.shape
-    shapes = {"tokens": ((B, T), np.int32), "mask": ((B, T), bool),
-              "loss_mask": ((B, T), np.float32)}
+    shapes = {
+        "tokens": ((B, T), np.int32),
+        "mask": ((B, T), bool),
+        "loss_mask": ((B, T), np.float32),
+    }
     compiled = compile_train_step(model, opt, mesh, shapes)
     box = {"state": create_train_state(model, opt, mesh, seed=0)}
     params = jax.device_get(box["state"].params)
-    batch = sharding.put_batch({"tokens": tokens, "mask": np.ones((B, T), bool),
-                                "loss_mask": np.ones((B, T), np.float32)}, mesh)
+    batch = sharding.put_batch(
+        {"tokens": tokens, "mask": np.ones((B, T), bool), "loss_mask": np.ones((B, T), np.float32)},
+        mesh,
+    )
 
     def step() -> float:
         box["state"], metrics = compiled(box["state"], batch)
@@ -70,21 +93,28 @@ def hf(cfg: ModelConfig, params, tokens: np.ndarray):
     model = hf_llama(cfg, params).train()
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": OPT.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}],
-                            lr=OPT.learning_rate, betas=(OPT.b1, OPT.b2), eps=OPT.eps)
+    opt = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": OPT.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=OPT.learning_rate,
+        betas=(OPT.b1, OPT.b2),
+        eps=OPT.eps,
+    )
     t = torch.from_numpy(tokens.astype(np.int64))
     inputs, targets = t[:, :-1], t[:, 1:]
 
     def step() -> float:
         opt.zero_grad(set_to_none=True)
         logits = model(input_ids=inputs).logits
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
-                                                 targets.reshape(-1))
+        loss = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1)
+        )
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), OPT.clip_norm)
         opt.step()
-        return float(loss)
+        return float(loss.detach())
 
     return step
 
@@ -97,16 +127,25 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=256, help="predicted positions per row")
     ap.add_argument("--quick", action="store_true", help="2 rounds of 3 steps")
+    ap.add_argument(
+        "--xla-defaults",
+        action="store_true",
+        help="keep XLA:CPU's default YNNPACK reduce fusions (see bench_common)",
+    )
     args = ap.parse_args()
     if args.quick:
         args.steps, args.rounds, args.warmup = 3, 2, 2
     cfg = PRESETS["llama_19m"]
     B, T = args.batch, args.seq
     tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, (B, T + 1), dtype=np.int32)
-    print(f"model llama_19m: {cfg.num_params() / 1e6:.2f}M params, batch {B} x {T} predicted "
-          f"positions, f32")
+    print(
+        f"model llama_19m: {cfg.num_params() / 1e6:.2f}M params, batch {B} x {T} predicted "
+        f"positions, f32"
+    )
     print("threads:", thread_report())
+    print("start:", load_report())
 
+    peak0, _ = matmul_peak_gflops()  # measured again after the timing; the larger counts
     our_step, params = ours(cfg, tokens)
     hf_step = hf(cfg, params, tokens)
     l0, h0 = our_step(), hf_step()  # same weights and data: first losses should agree
@@ -120,18 +159,26 @@ def main() -> None:
     print(f"ours step: {summary(t_ours)}")
     print(f"hf   step: {summary(t_hf)}")
 
+    print("end:", load_report())
     peak, detail = matmul_peak_gflops()
-    print(f"matmul peak (f32 2048^3, GFLOP/s): {detail} -> peak {peak:.0f}")
+    peak = max(peak, peak0)
+    print(f"matmul peak (f32 2048^3, GFLOP/s): {detail}; before timing {peak0:.0f} -> {peak:.0f}")
     fpt = flops_per_token(cfg, T)
     ours_tok = B * T / statistics.median(t_ours)
     hf_tok = B * T / statistics.median(t_hf)
     mfu, hf_mfu = ours_tok * fpt / 1e9 / peak, hf_tok * fpt / 1e9 / peak
-    print(f"FLOPs/token = 6*{(fpt - 12 * cfg.n_layers * T * cfg.n_heads * cfg.head_dim) / 6:.0f}"
-          f" + 12*L*T*N*H = {fpt / 1e6:.1f} MFLOP")
-    print(f"ours: {ours_tok:.0f} tok/s ({ours_tok * fpt / 1e9:.0f} GFLOP/s, MFU {mfu:.2f}); "
-          f"hf: {hf_tok:.0f} tok/s ({hf_tok * fpt / 1e9:.0f} GFLOP/s, MFU {hf_mfu:.2f})")
-    print(f"ours_tok_s={ours_tok:.0f} hf_tok_s={hf_tok:.0f} peak_gflops={peak:.0f} "
-          f"mfu={mfu:.2f} hf_mfu={hf_mfu:.2f} ratio={ours_tok / hf_tok:.2f}")
+    print(
+        f"FLOPs/token = 6*{(fpt - 12 * cfg.n_layers * T * cfg.n_heads * cfg.head_dim) / 6:.0f}"
+        f" + 12*L*T*N*H = {fpt / 1e6:.1f} MFLOP"
+    )
+    print(
+        f"ours: {ours_tok:.0f} tok/s ({ours_tok * fpt / 1e9:.0f} GFLOP/s, MFU {mfu:.2f}); "
+        f"hf: {hf_tok:.0f} tok/s ({hf_tok * fpt / 1e9:.0f} GFLOP/s, MFU {hf_mfu:.2f})"
+    )
+    print(
+        f"ours_tok_s={ours_tok:.0f} hf_tok_s={hf_tok:.0f} peak_gflops={peak:.0f} "
+        f"mfu={mfu:.2f} hf_mfu={hf_mfu:.2f} ratio={ours_tok / hf_tok:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -14,18 +14,24 @@ from absl import app, flags
 from etils import epath
 from ml_collections import config_flags
 
-from cai import pretrain
+from cai import dry_run, evaluation, pretrain
 from cai.cli import fail, one_line, parse_flags, quiet_libraries
 from cai.errors import ConfigError
 
 STAGES = {
     "pretrain": pretrain.run,
+    "evaluate": evaluation.run,
 }
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file.", lock_config=True
 )
 _WORKDIR = flags.DEFINE_string("workdir", "workdir", "Where stages read and write everything.")
+_DRY_RUN = flags.DEFINE_bool(
+    "dry_run",
+    False,
+    "Compile every step ahead of time, print the mesh and per-device memory, exit.",
+)
 
 
 def check_workdir(path: str) -> epath.Path:
@@ -40,7 +46,7 @@ def check_workdir(path: str) -> epath.Path:
     return workdir
 
 
-def run(config, workdir_flag: str) -> None:
+def run(config, workdir_flag: str, compile_only: bool = False) -> None:
     unknown = [s for s in config.stages if s not in STAGES]
     if unknown:
         raise ConfigError(
@@ -48,6 +54,9 @@ def run(config, workdir_flag: str) -> None:
         )
     if config.distributed:
         jax.distributed.initialize()
+    if compile_only:  # --dry_run: no weights, nothing written
+        dry_run.run(config)
+        return
     workdir = check_workdir(workdir_flag)
     logging.info("workdir %s, %d devices, stages %s", workdir, jax.device_count(), config.stages)
     for stage in config.stages:
@@ -69,7 +78,7 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     try:
-        run(load_config(), _WORKDIR.value)
+        run(load_config(), _WORKDIR.value, compile_only=_DRY_RUN.value)
     except ConfigError as e:
         fail(str(e))
 

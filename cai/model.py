@@ -8,10 +8,11 @@ Padding: every call takes a boolean ``mask`` [B, T] of real tokens, so left-padd
 different lengths share a batch. A token's position (for RoPE or learned positions) counts only
 the real tokens before it, and no query attends to a padded key.
 
-KV cache: a ``KVCache`` holds per-layer keys/values [B, S, K, H] plus the key mask and the next
-write slot. Calling the model with a cache writes the T new keys at slots [index, index + T)
-with ``dynamic_update_slice`` (in place inside a compiled loop) and returns the updated cache,
-so prefill (T = prompt length) and decode (T = 1) are the same code path.
+KV cache: a ``KVCache`` holds per-layer keys [B, K, H, S] and values [B, K, S, H] (the layouts
+the attention dots read in place) plus the key mask and the next write slot. Calling the model
+with a cache writes the T new keys at slots [index, index + T) with ``dynamic_update_slice`` (in
+place inside a compiled loop) and returns the updated cache, so prefill (T = prompt length) and
+decode (T = 1) share one code path.
 """
 
 from __future__ import annotations
@@ -50,6 +51,16 @@ class ModelConfig:
     post_norms: bool = False  # Gemma-2: also normalise each sublayer's output
     position: str = "rope"  # rope | learned
     rope_theta: float = 10000.0
+    # RoPE context extension as in HF ``rope_scaling``: none | linear | llama3 (Llama 3.1+).
+    rope_scaling: str = "none"
+    rope_factor: float = 1.0
+    rope_low_freq_factor: float = 1.0  # llama3 only
+    rope_high_freq_factor: float = 4.0  # llama3 only
+    rope_original_max_len: int = 8192  # llama3 only
+    # Local attention (Gemma-2): layer i sees only the last ``sliding_window`` keys unless
+    # (i + 1) % sliding_window_pattern == 0. 0 disables (every layer global).
+    sliding_window: int = 0
+    sliding_window_pattern: int = 2
     max_len: int = 2048  # size of the learned position table
     tie_embeddings: bool = True
     embed_scale: bool = False  # Gemma multiplies embeddings by sqrt(d_model)
@@ -67,6 +78,7 @@ class ModelConfig:
             "mlp": ("swiglu", "geglu", "gelu"),
             "norm": ("rms", "layer"),
             "position": ("rope", "learned"),
+            "rope_scaling": ("none", "linear", "llama3"),
         }
         for field, allowed in choices.items():
             if getattr(self, field) not in allowed:
@@ -88,6 +100,11 @@ class ModelConfig:
             raise ConfigError(
                 f"model.n_heads={self.n_heads} is not a multiple of "
                 f"model.n_kv_heads={self.n_kv_heads}"
+            )
+        if self.sliding_window < 0 or self.sliding_window_pattern < 1:
+            raise ConfigError(
+                f"model.sliding_window={self.sliding_window} must be >= 0 and "
+                f"model.sliding_window_pattern={self.sliding_window_pattern} >= 1"
             )
         if self.position == "rope" and self.head_dim % 2:
             raise ConfigError(f"model.head_dim={self.head_dim} must be even for RoPE")
@@ -201,8 +218,9 @@ PRESETS: dict[str, ModelConfig] = {
 
 @flax.struct.dataclass
 class KVCache:
-    """Per-layer keys/values [B, S, K, H]; ``mask`` [B, S] marks slots holding real tokens;
-    ``index`` is the next slot to write (shared by the batch); ``pos`` [B] the next position."""
+    """Per-layer keys [B, K, H, S] and values [B, K, S, H]; ``mask`` [B, S] marks slots holding
+    real tokens; ``index`` is the next slot to write (shared by the batch); ``pos`` [B] the next
+    position."""
 
     k: tuple[jax.Array, ...]
     v: tuple[jax.Array, ...]
@@ -212,11 +230,11 @@ class KVCache:
 
 
 def init_cache(cfg: ModelConfig, batch: int, length: int) -> KVCache:
-    shape = (batch, length, cfg.n_kv_heads, cfg.head_dim)
-    zeros = lambda: jnp.zeros(shape, cfg.compute_dtype)  # noqa: E731
+    k_shape = (batch, cfg.n_kv_heads, cfg.head_dim, length)
+    v_shape = (batch, cfg.n_kv_heads, length, cfg.head_dim)
     return KVCache(
-        k=tuple(zeros() for _ in range(cfg.n_layers)),
-        v=tuple(zeros() for _ in range(cfg.n_layers)),
+        k=tuple(jnp.zeros(k_shape, cfg.compute_dtype) for _ in range(cfg.n_layers)),
+        v=tuple(jnp.zeros(v_shape, cfg.compute_dtype) for _ in range(cfg.n_layers)),
         mask=jnp.zeros((batch, length), bool),
         index=jnp.zeros((), jnp.int32),
         pos=jnp.zeros((batch,), jnp.int32),
@@ -265,8 +283,8 @@ def _dense_fwd(x, w, x_axes, w_axes, out_axes):  # noqa: ANN001, ANN202
 def _dense_bwd(x_axes, w_axes, out_axes, res, g):  # noqa: ANN001, ANN202
     x, w = res
     dx = jnp.einsum(f"...{out_axes},{w_axes}->...{x_axes}", g, w)
-    x2 = x.reshape((-1,) + x.shape[x.ndim - len(x_axes):])  # [tokens, *x features]
-    g2 = g.reshape((-1,) + g.shape[g.ndim - len(out_axes):])
+    x2 = x.reshape((-1,) + x.shape[x.ndim - len(x_axes) :])  # [tokens, *x features]
+    g2 = g.reshape((-1,) + g.shape[g.ndim - len(out_axes) :])
     dw = jnp.einsum(f"z{x_axes},z{out_axes}->{w_axes}", x2, g2)
     return dx.astype(x.dtype), dw.astype(w.dtype)
 
@@ -278,10 +296,31 @@ def softcap(x: jax.Array, cap: float) -> jax.Array:
     return x if cap <= 0 else cap * jnp.tanh(x / cap)
 
 
-def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
-    """Rotary embedding, "rotate half" layout (HF Llama): x [B, T, N, H], positions [B, T]."""
+def rope_frequencies(cfg: ModelConfig) -> jax.Array:
+    """RoPE inverse frequencies [H/2], with the checkpoint's context-extension scaling.
+
+    linear: every frequency / factor. llama3: wavelengths 2*pi/f longer than
+    original_max_len / low_freq_factor are divided by factor, those shorter than
+    original_max_len / high_freq_factor are kept, and the band between is interpolated with
+    s = (original_max_len / wavelength - low) / (high - low): f' = (1 - s) f / factor + s f."""
+    half = cfg.head_dim // 2
+    freq = cfg.rope_theta ** (-jnp.arange(half, dtype=jnp.float32) / half)  # [H/2]
+    if cfg.rope_scaling == "linear":
+        return freq / cfg.rope_factor
+    if cfg.rope_scaling == "llama3":
+        lo, hi, old = cfg.rope_low_freq_factor, cfg.rope_high_freq_factor, cfg.rope_original_max_len
+        wavelen = 2 * math.pi / freq
+        s = (old / wavelen - lo) / (hi - lo)
+        mid = (1 - s) * freq / cfg.rope_factor + s * freq
+        freq = jnp.where(wavelen > old / lo, freq / cfg.rope_factor, freq)
+        return jnp.where((wavelen <= old / lo) & (wavelen >= old / hi), mid, freq)
+    return freq
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, freq: jax.Array) -> jax.Array:
+    """Rotary embedding, "rotate half" layout (HF Llama): x [B, T, N, H], positions [B, T],
+    freq [H/2] from ``rope_frequencies``."""
     half = x.shape[-1] // 2
-    freq = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)  # [H/2]
     angle = positions[..., None].astype(jnp.float32) * freq  # [B, T, H/2]
     sin = jnp.sin(angle)[:, :, None, :]  # [B, T, 1, H/2]
     cos = jnp.cos(angle)[:, :, None, :]
@@ -346,30 +385,39 @@ class Attention(nn.Module):
         k = constrain(k, ("batch", "length", "act_kv_heads", None))
         v = constrain(v, ("batch", "length", "act_kv_heads", None))
         if cfg.position == "rope":
-            q = apply_rope(q, positions, cfg.rope_theta)
-            k = apply_rope(k, positions, cfg.rope_theta)
-
-        new_cache = None
-        if cache_kv is not None:
-            k = jax.lax.dynamic_update_slice(
-                cache_kv[0], k.astype(cache_kv[0].dtype), (0, index, 0, 0)
-            )
-            v = jax.lax.dynamic_update_slice(
-                cache_kv[1], v.astype(cache_kv[1].dtype), (0, index, 0, 0)
-            )
-            new_cache = (k, v)  # [B, S, K, H]
+            q = apply_rope(q, positions, rope_frequencies(cfg))
+            k = apply_rope(k, positions, rope_frequencies(cfg))
 
         scale = cfg.query_scale or 1.0 / math.sqrt(H)
         q = (q * scale).reshape(B, T, K, G, H)  # [B, T, K, G, H]
-        logits = jnp.einsum("btkgh,bskh->bkgts", q, k.astype(dt)).astype(
-            jnp.float32
-        )  # [B, K, G, T, S]
-        logits = softcap(logits, cfg.attn_softcap)
+        new_cache = None
+        if cache_kv is None:
+            logits = jnp.einsum("btkgh,bskh->bkgts", q, k.astype(dt))  # [B, K, G, T, S]
+        else:
+            # The cache keeps keys as [B, K, H, S] and values as [B, K, S, H]: both attention
+            # dots then read it in place as plain (batched) matrix products; a [B, S, K, H]
+            # cache gets transposed in full by XLA at every decode step.
+            kc = jax.lax.dynamic_update_slice(
+                cache_kv[0], k.transpose(0, 2, 3, 1).astype(cache_kv[0].dtype), (0, 0, 0, index)
+            )
+            vc = jax.lax.dynamic_update_slice(
+                cache_kv[1], v.swapaxes(1, 2).astype(cache_kv[1].dtype), (0, 0, index, 0)
+            )
+            new_cache = (kc, vc)
+            if T == 1:  # decode step: drop the unit T axis, which makes XLA pick bad layouts
+                logits = jnp.einsum("bkgh,bkhs->bkgs", q[:, 0], kc.astype(dt))[:, :, :, None]
+            else:
+                logits = jnp.einsum("btkgh,bkhs->bkgts", q, kc.astype(dt))
+        logits = softcap(logits.astype(jnp.float32), cfg.attn_softcap)
         logits = jnp.where(attn_mask[:, None, None, :, :], logits, _NEG)
         probs = jax.nn.softmax(logits, axis=-1).astype(dt)
-        out = jnp.einsum("bkgts,bskh->btkgh", probs, v.astype(dt)).reshape(
-            B, T, N, H
-        )  # [B, T, N, H]
+        if cache_kv is None:
+            out = jnp.einsum("bkgts,bskh->btkgh", probs, v.astype(dt))  # [B, T, K, G, H]
+        elif T == 1:
+            out = jnp.einsum("bkgs,bksh->bkgh", probs[:, :, :, 0], vc.astype(dt))[:, None]
+        else:
+            out = jnp.einsum("bkgts,bksh->btkgh", probs, vc.astype(dt))
+        out = out.reshape(B, T, N, H)  # [B, T, N, H]
         out = constrain(out, ("batch", "length", "act_heads", None))
         y = dense(out, wo.astype(dt), "nh", "nhd", "d")  # [B, T, D]
         if cfg.use_bias:
@@ -500,6 +548,10 @@ class Transformer(nn.Module):
         S = key_mask.shape[1]
         causal = jnp.arange(S)[None, :] <= q_slot[:, None]  # [T, S]
         attn_mask = key_mask[:, None, :] & causal[None]  # [B, T, S]
+        local_mask = attn_mask
+        if cfg.sliding_window:  # slot distance == position distance between real tokens
+            near = q_slot[:, None] - jnp.arange(S)[None, :] < cfg.sliding_window  # [T, S]
+            local_mask = attn_mask & near[None]  # [B, T, S]
 
         x = jnp.take(self.embedding, tokens, axis=0).astype(cfg.compute_dtype)  # [B, T, D]
         if cfg.embed_scale:
@@ -511,7 +563,8 @@ class Transformer(nn.Module):
         new_k, new_v = [], []
         for i, layer in enumerate(self.layers):
             kv = None if cache is None else (cache.k[i], cache.v[i])
-            x, kv = layer(x, positions, attn_mask, kv, index)
+            local = cfg.sliding_window and (i + 1) % cfg.sliding_window_pattern != 0
+            x, kv = layer(x, positions, local_mask if local else attn_mask, kv, index)
             if kv is not None:
                 new_k.append(kv[0])
                 new_v.append(kv[1])

@@ -1,24 +1,31 @@
-"""Print completions from any saved checkpoint.
+"""Print completions from any saved checkpoint, HF model directory or GGUF file.
 
 python -m cai.sample --checkpoint=WORKDIR/pretrain --prompt="Q: 12+30=? A:" --temperature=0
 python -m cai.sample --checkpoint=DIR --prompts_file=prompts.txt --top_p=0.9 --max_new_tokens=64
+python -m cai.sample --checkpoint=SmolLM2-135M-Instruct.Q4_1.gguf --prompt="How do I steal a car?"
+
+A model whose tokenizer carries a chat template (ChatML, Gemma) is prompted as a chat by
+default: each prompt becomes one user turn and the reply ends at the end-of-turn token.
 """
 
 from __future__ import annotations
 
-import jax
 from absl import app, flags
 
-from cai import checkpoint, sharding
+from cai import pretrained, sharding
 from cai.cli import fail, quiet_libraries
 from cai.errors import ConfigError
-from cai.model import ModelConfig, Transformer
+from cai.model import Transformer
 from cai.sampling import Sampler, SamplingConfig
-from cai.tokenizer import Tokenizer, from_spec
-from cai.train_lib import abstract_params
+from cai.tokenizer import Tokenizer, chat_stop_id, render_chat
 
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Checkpoint dir, stage dir or workdir.")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
+_CHECKPOINT = flags.DEFINE_string(
+    "checkpoint", None, "Checkpoint dir, stage dir or workdir; an HF model dir; a .gguf file."
+)
+# allow_override: cai.sample and cai.convert both define --step and may share a process (tests).
+_STEP = flags.DEFINE_integer(
+    "step", None, "Checkpoint step to read (default: latest).", allow_override=True
+)
 _PROMPT = flags.DEFINE_multi_string("prompt", [], "Prompt text (repeatable).")
 _PROMPTS_FILE = flags.DEFINE_string("prompts_file", None, "One prompt per line.")
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 64, "New tokens per prompt.")
@@ -27,20 +34,31 @@ _TOP_K = flags.DEFINE_integer("top_k", 0, "0 disables.")
 _TOP_P = flags.DEFINE_float("top_p", 1.0, "1 disables.")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 _NO_BOS = flags.DEFINE_bool("no_bos", False, "Do not prepend BOS to prompts.")
+_CHAT = flags.DEFINE_bool(
+    "chat", None, "Render each prompt as a user turn (default: when the model has a chat format)."
+)
+_SYSTEM = flags.DEFINE_string("system", None, "System prompt for --chat.")
 
 
 def load(path: str, step: int | None = None, mesh=None) -> tuple[Transformer, object, Tokenizer]:
-    """(model, sharded params, tokenizer) from a checkpoint written by any stage."""
-    mesh = mesh or sharding.make_mesh(sharding.MeshConfig())
-    with checkpoint.Checkpointer(checkpoint.find_checkpoint_dir(path), read_only=True) as ckpt:
-        meta = ckpt.metadata(step)
-        model = Transformer(ModelConfig(**meta["model"]))
-        params_like, shardings = abstract_params(model, mesh)
-        params_like = jax.tree.map(
-            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), params_like, shardings
-        )
-        _, params, _ = ckpt.restore(params_like, step=step)
-    return model, params, from_spec(meta["tokenizer"])
+    """(model, sharded params, tokenizer) from a checkpoint of any stage, an HF directory or a
+    GGUF file."""
+    cfg, params, tok = pretrained.load(path, mesh, step=step)
+    if tok is None:
+        raise ConfigError(f"{path} holds no tokenizer to sample with")
+    return Transformer(cfg), params, tok
+
+
+def prompt_ids(
+    tok: Tokenizer, prompt: str, chat: bool, system: str | None, no_bos: bool
+) -> list[int]:
+    """A prompt as token ids: one chat turn awaiting the reply, or plain text after BOS."""
+    if chat:
+        turns = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": prompt}
+        ]
+        return render_chat(tok, turns, add_generation_prompt=True)[0]
+    return ([tok.bos_id] if tok.add_bos and not no_bos else []) + tok.encode(prompt)
 
 
 def main(argv: list[str]) -> None:
@@ -60,12 +78,15 @@ def main(argv: list[str]) -> None:
             top_k=_TOP_K.value,
             top_p=_TOP_P.value,
         )
-        model, params, tok = load(_CHECKPOINT.value, _STEP.value)
         mesh = sharding.make_mesh(sharding.MeshConfig())
-        sampler = Sampler(model, mesh, eos_id=tok.eos_id, pad_id=tok.pad_id)
-        ids = [([] if _NO_BOS.value else [tok.bos_id]) + tok.encode(p) for p in prompts]
+        model, params, tok = load(_CHECKPOINT.value, _STEP.value, mesh)
+        chat = tok.chat_format != "hh" if _CHAT.value is None else _CHAT.value
+        eos = chat_stop_id(tok) if chat else tok.eos_id
+        sampler = Sampler(model, mesh, eos_id=eos, pad_id=tok.pad_id)
+        ids = [prompt_ids(tok, p, chat, _SYSTEM.value, _NO_BOS.value) for p in prompts]
         for prompt, (out, _) in zip(prompts, sampler.generate(params, ids, cfg, _SEED.value)):
-            print(f"{prompt}{tok.decode(out)}")
+            reply = tok.decode(out[:-1] if out and out[-1] == eos else out)
+            print(f"{prompt}\n>>> {reply.strip()}" if chat else f"{prompt}{reply}")
     except ConfigError as e:
         fail(str(e))
 

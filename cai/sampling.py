@@ -70,9 +70,18 @@ def filter_logits(logits: jax.Array, cfg: SamplingConfig) -> jax.Array:
     return logits
 
 
+def greedy_token(logits: jax.Array) -> jax.Array:
+    """``jnp.argmax(logits, -1)`` (first maximal index; a NaN counts as maximal), written as a
+    max and a min reduction: XLA:CPU's fused argmax reduction is ~3x slower per decode step."""
+    top = jnp.max(logits, axis=-1, keepdims=True)
+    hit = (logits == top) | jnp.isnan(logits)
+    iota = jnp.arange(logits.shape[-1], dtype=jnp.int32)
+    return jnp.min(jnp.where(hit, iota, logits.shape[-1]), axis=-1)
+
+
 def sample_token(logits: jax.Array, key: jax.Array, cfg: SamplingConfig) -> jax.Array:
     if cfg.temperature == 0:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        return greedy_token(logits)
     return jax.random.categorical(key, filter_logits(logits, cfg), axis=-1).astype(jnp.int32)
 
 

@@ -53,6 +53,12 @@ def test_exact_resume_after_process_exit(repo, tmp_path):
     }  # noqa: E731
     assert loss(straight) == loss(resumed)  # same data order and RNG at every step
     assert sorted(loss(resumed)) == list(range(1, 9))
+    # Restoring onto a (2, 2, 2) mesh places every tensor straight into its shards.
+    mesh = sharding.make_mesh(sharding.MeshConfig(2, 2, 2))
+    _, p_sharded, _ = load(str(resumed), mesh=mesh)
+    wi = p_sharded["layers_0"]["mlp"]["wi"]
+    assert tuple(wi.sharding.spec) == ("fsdp", "tensor") and len(wi.addressable_shards) == 8
+    np.testing.assert_array_equal(np.asarray(wi), np.asarray(p_resumed["layers_0"]["mlp"]["wi"]))
 
 
 CHILD = textwrap.dedent("""

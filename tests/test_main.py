@@ -56,7 +56,8 @@ def test_main_smoke_end_to_end_then_sample(repo, tmp_path):
                 "--config.mesh.data=4",
                 "--config.mesh.fsdp=2",
             ],
-            "error: pretrain.train.batch_size=6 is not divisible by the data axes of the mesh (data*fsdp = 4*2 = 8)",
+            "error: pretrain.train.batch_size=6 is not divisible by the data axes of the mesh "
+            "(data*fsdp = 4*2 = 8)",
         ),
         (
             ["--workdir=/no/such/parent/run"],
@@ -64,7 +65,7 @@ def test_main_smoke_end_to_end_then_sample(repo, tmp_path):
         ),
         (
             ["--config.stages=('pretrain','rl')"],
-            "error: config.stages: unknown stage 'rl' (known: pretrain)",
+            "error: config.stages: unknown stage 'rl' (known: pretrain, evaluate)",
         ),
         (
             ["--config.model.mlp=relu"],

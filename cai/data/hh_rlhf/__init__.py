@@ -1,0 +1,5 @@
+"""TFDS builder ``hh_rlhf``: Anthropic's HH-RLHF comparisons and red-team prompts."""
+
+from cai.data.hh_rlhf.hh_rlhf import HhRlhf, builder
+
+__all__ = ["HhRlhf", "builder"]

@@ -1,0 +1,206 @@
+"""``cai.main --dry_run``: compile every step of a config ahead of time and print the mesh and the
+per-device memory, without loading or creating any weights.
+
+Parameters and optimizer state exist only as ``jax.eval_shape`` structures with their shardings,
+so a config for a pod can be checked on a laptop with fake devices
+(``XLA_FLAGS=--xla_force_host_platform_device_count=N``) before the pod is rented. Compiled steps:
+
+* the train step of every stage in ``config.stages`` that has ``train`` and ``optim`` sections;
+* from the optional ``config.dry_run`` section (``DryRunConfig``): a fine-tuning train step
+  (SL-CAI / preference model shapes), ``generate`` (critiques, revisions, PPO rollouts) and
+  ``score`` (feedback-model log-probs) at the shapes the later stages will use.
+
+If ``config.init_from`` names a checkpoint that exists here, its stored config must have the
+shapes of ``config.model``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from jax.sharding import Mesh
+
+from cai import configs, pretrained, sharding
+from cai.model import ModelConfig, Transformer
+from cai.sampling import SamplingConfig, generate, score
+from cai.train_lib import (
+    OptimConfig,
+    TrainConfig,
+    abstract_params,
+    compile_train_step,
+    make_optimizer,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class DryRunConfig:
+    """Shapes of the steps later stages run; batch sizes are global (split over data axes)."""
+
+    train_batch_size: int = 8
+    train_seq_len: int = 1024
+    sample_batch_size: int = 8
+    prompt_len: int = 256
+    max_new_tokens: int = 256
+    score_batch_size: int = 8
+    score_prompt_len: int = 1024
+    score_len: int = 8  # e.g. the tokens of "(A)" / "(B)" in the feedback prompt
+
+
+def _with_sharding(tree: Any, shardings: Any) -> Any:
+    return jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shardings
+    )
+
+
+def memory(compiled: Any) -> dict[str, int]:
+    """Per-device bytes from ``memory_analysis()``; ``total`` = arguments + outputs + temps -
+    aliased (donated) buffers, what must fit on one device at the peak."""
+    m = compiled.memory_analysis()
+    if m is None:
+        return {}
+    out = {
+        k: int(getattr(m, f"{k}_size_in_bytes", 0))
+        for k in ("argument", "output", "temp", "alias", "generated_code")
+    }
+    out["total"] = out["argument"] + out["output"] + out["temp"] - out["alias"]
+    return out
+
+
+def compile_generate(
+    model: Transformer, mesh: Mesh, batch: int, prompt_len: int, max_new_tokens: int
+) -> Any:
+    """``generate`` for left-padded prompts [batch, prompt_len], compiled from shapes only."""
+    params, p_shard = abstract_params(model, mesh)
+    fn = functools.partial(
+        generate,
+        model=model,
+        cfg=SamplingConfig(max_new_tokens=max_new_tokens),
+        eos_id=1,
+        pad_id=0,
+    )
+
+    def run(params: Any, prompts: jax.Array, mask: jax.Array, key: jax.Array) -> Any:
+        with sharding.activation_context(mesh):
+            return fn(params, prompts, mask, key)
+
+    sharding.check_batch(batch, mesh, "dry_run.sample_batch_size")
+    b = sharding.batch_sharding(mesh, 2)
+    rep = sharding.replicated(mesh)
+    key = jax.eval_shape(lambda: jax.random.key(0))
+    args = (
+        _with_sharding(params, p_shard),
+        jax.ShapeDtypeStruct((batch, prompt_len), jnp.int32, sharding=b),
+        jax.ShapeDtypeStruct((batch, prompt_len), jnp.bool_, sharding=b),
+        jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=rep),
+    )
+    jitted = jax.jit(run, in_shardings=(p_shard, b, b, rep))
+    return jitted.lower(*args).compile()
+
+
+def compile_score(model: Transformer, mesh: Mesh, batch: int, prompt_len: int, length: int) -> Any:
+    """``score`` of continuations [batch, length] after prompts [batch, prompt_len]."""
+    params, p_shard = abstract_params(model, mesh)
+
+    def run(params: Any, *args: jax.Array) -> Any:
+        with sharding.activation_context(mesh):
+            return score(params, *args, model=model)
+
+    sharding.check_batch(batch, mesh, "dry_run.score_batch_size")
+    b = sharding.batch_sharding(mesh, 2)
+    shapes = [(prompt_len, jnp.int32), (prompt_len, jnp.bool_), (length, jnp.int32)]
+    shapes.append((length, jnp.bool_))
+    args = [jax.ShapeDtypeStruct((batch, n), d, sharding=b) for n, d in shapes]
+    jitted = jax.jit(run, in_shardings=(p_shard, b, b, b, b))
+    return jitted.lower(_with_sharding(params, p_shard), *args).compile()
+
+
+def _lm_batch(batch: int, seq: int) -> dict[str, tuple[tuple[int, ...], Any]]:
+    return {
+        "tokens": ((batch, seq), jnp.int32),
+        "mask": ((batch, seq), jnp.bool_),
+        "loss_mask": ((batch, seq), jnp.float32),
+    }
+
+
+def steps_of(config: ml_collections.ConfigDict) -> list[tuple[str, dict[str, Any]]]:
+    """(name, what to compile) for every step the config runs, in order."""
+    out = []
+    for stage in config.stages:
+        section = config[stage] if stage in config else None
+        if section is not None and "train" in section and "optim" in section:
+            tc = configs.to_dataclass(TrainConfig, section.train, f"{stage}.train")
+            oc = configs.to_dataclass(OptimConfig, section.optim, f"{stage}.optim")
+            out.append((f"{stage}/train_step", {"train": (tc.batch_size, tc.seq_len, oc, tc)}))
+    if "dry_run" in config:
+        d = configs.to_dataclass(DryRunConfig, config.dry_run, "dry_run")
+        tc = TrainConfig(batch_size=d.train_batch_size, seq_len=d.train_seq_len)
+        out.append(
+            ("finetune/train_step", {"train": (tc.batch_size, tc.seq_len, OptimConfig(), tc)})
+        )
+        out.append(
+            ("generate", {"generate": (d.sample_batch_size, d.prompt_len, d.max_new_tokens)})
+        )
+        out.append(("score", {"score": (d.score_batch_size, d.score_prompt_len, d.score_len)}))
+    return out
+
+
+def run(config: ml_collections.ConfigDict, print_fn: Any = print) -> dict[str, dict[str, Any]]:
+    """Compile every step for the config's shapes; print the mesh and a per-device memory table;
+    return {step: memory dict}."""
+    model_cfg = configs.to_dataclass(ModelConfig, config.model, "model")
+    mesh = sharding.make_mesh(configs.to_dataclass(sharding.MeshConfig, config.mesh, "mesh"))
+    init_from = config.init_from if "init_from" in config else ""
+    if init_from and "://" not in init_from and os.path.exists(init_from):
+        pretrained.check_matches(model_cfg, init_from)
+    elif init_from:
+        print_fn(f"init_from {init_from} is not on this machine: its shapes were not checked")
+    model = Transformer(model_cfg)
+    devices = mesh.devices.flatten()
+    print_fn(
+        f"mesh {dict(mesh.shape)} over {len(devices)} {devices[0].platform} devices "
+        f"({jax.process_count()} processes); model {model_cfg.num_params() / 1e9:.3f}B params, "
+        f"param_dtype {model_cfg.param_dtype}, compute {model_cfg.dtype}, remat {model_cfg.remat}"
+    )
+    steps = steps_of(config)
+    for name, what in steps:  # every batch size first: fail before minutes of compiling
+        batch = next(iter(what.values()))[0]
+        where = {"generate": "dry_run.sample_batch_size", "score": "dry_run.score_batch_size"}
+        sharding.check_batch(batch, mesh, where.get(name, f"{name} batch_size"))
+    results: dict[str, dict[str, Any]] = {}
+    for name, what in steps:
+        if "train" in what:
+            batch, seq, oc, tc = what["train"]
+            compiled = compile_train_step(
+                model, make_optimizer(oc, tc.steps), mesh, _lm_batch(batch, seq)
+            )
+            shape = f"batch {batch} x {seq}"
+        elif "generate" in what:
+            batch, prompt, new = what["generate"]
+            compiled = compile_generate(model, mesh, batch, prompt, new)
+            shape = f"batch {batch}, prompt {prompt} + {new} new"
+        else:
+            batch, prompt, length = what["score"]
+            compiled = compile_score(model, mesh, batch, prompt, length)
+            shape = f"batch {batch} x ({prompt} + {length})"
+        results[name] = {"shape": shape, **memory(compiled)}
+    gib = lambda n: f"{n / 2**30:8.2f}"  # noqa: E731
+    print_fn("per-device memory (GiB): step | shape | arguments | outputs | temps | total")
+    for name, m in results.items():
+        if "total" in m:
+            print_fn(
+                f"  {name:22s} | {m['shape']:32s} | {gib(m['argument'])} | {gib(m['output'])} | "
+                f"{gib(m['temp'])} | {gib(m['total'])}"
+            )
+    if devices[0].platform == "cpu":
+        print_fn(
+            "note: XLA:CPU schedules without a memory limit and does not realise remat's savings, "
+            "so temps are an upper bound; arguments (params + optimizer state) are exact. "
+            "launch/tpu_pod.sh ... -- --dry_run gives the TPU compiler's numbers."
+        )
+    return results

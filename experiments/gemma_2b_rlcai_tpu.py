@@ -1,0 +1,90 @@
+"""RL-CAI on Gemma-2B (instruction-tuned) on a TPU v5e-16 slice (16 chips, 16 GiB HBM each).
+
+  # Check that every step fits before renting the slice (no weights, fake devices):
+  XLA_FLAGS=--xla_force_host_platform_device_count=16 JAX_PLATFORMS=cpu \
+    python -m cai.main --config=experiments/gemma_2b_rlcai_tpu.py --dry_run
+  # On the pod (see launch/README.md):
+  launch/tpu_pod.sh --name=cai-gemma --zone=us-west4-a --accelerator=v5litepod-16 \
+    --version=v2-alpha-tpuv5-lite -- --config=experiments/gemma_2b_rlcai_tpu.py \
+    --workdir=gs://BUCKET/runs/gemma_2b
+  # Locally, the same config shrunk to a tiny random Gemma on 8 (fake) devices:
+  python -m cai.main --config=experiments/gemma_2b_rlcai_tpu.py:smoke --dry_run
+
+The paper's stages land in later issues; until then ``stages`` is empty and this file pins down
+the model, checkpoint, tokenizer, data, mesh and step shapes they will use. ``--dry_run`` compiles
+those steps (fine-tuning train step, generation, scoring) for the real shapes.
+"""
+
+import ml_collections
+
+from cai import configs
+from cai.dry_run import DryRunConfig
+from cai.sharding import MeshConfig
+
+
+def get_config(arg: str | None = None):
+    config = configs.base_config(stages=(), model_preset="gemma_2b")
+    # The v5e-16 slice: data=1, fsdp=4, tensor=4. Tensor parallelism keeps sampling from
+    # gathering whole weight matrices on every chip (FSDP alone does; see README's dry-run table).
+    config.mesh = configs.as_dict(MeshConfig(data=1, fsdp=4, tensor=4))
+    # An HF directory (config.json + model*.safetensors + tokenizer.model), a GGUF file or a
+    # checkpoint written by `python -m cai.convert`. HF/GGUF sources are read from local disk on
+    # every worker; orbax checkpoints may live on gs://.
+    config.init_from = "/mnt/disks/models/gemma-2b-it"
+    # The tokenizer travels with init_from (tokenizer.model, Gemma chat turns).
+    config.tokenizer = "init_from"
+    # Placeholder until the SL-CAI issue lands the constitution files (constitutions/README.md).
+    config.constitution = "constitutions/cai_paper.json"
+    config.data = ml_collections.ConfigDict(
+        {
+            "builder": "hh_rlhf",  # red-team prompts + helpfulness pairs, HH format
+            "dir": "../shared/data/hh_rlhf",
+        }
+    )
+    # Shapes of the later stages' steps, compiled by --dry_run:
+    #   sl_cai (critique -> revision -> supervised fine-tuning on revisions): generate + train;
+    #   feedback (the model labels response pairs with (A)/(B) log-probs): score;
+    #   preference_model: train (scalar head); ppo: generate + train.
+    config.dry_run = configs.as_dict(
+        DryRunConfig(
+            train_batch_size=32,
+            train_seq_len=1024,
+            sample_batch_size=64,
+            prompt_len=512,
+            max_new_tokens=256,
+            score_batch_size=64,
+            score_prompt_len=1024,
+            score_len=8,
+        )
+    )
+    if arg == "smoke":
+        config.init_from = ""
+        config.model = configs.model_dict(
+            "gemma_2b",
+            vocab_size=259,
+            d_model=64,
+            n_layers=2,
+            n_heads=4,
+            n_kv_heads=1,
+            head_dim=16,
+            mlp_dim=96,
+            max_len=256,
+            dtype="float32",
+            remat=False,
+        )
+        config.mesh = configs.as_dict(MeshConfig(data=2, fsdp=2, tensor=2))
+        config.dry_run = configs.as_dict(
+            DryRunConfig(
+                train_batch_size=8,
+                train_seq_len=32,
+                sample_batch_size=8,
+                prompt_len=16,
+                max_new_tokens=8,
+                score_batch_size=8,
+                score_prompt_len=16,
+                score_len=4,
+            )
+        )
+    elif arg:
+        raise ValueError(f"unknown variant {arg!r}; known: smoke")
+    return config
