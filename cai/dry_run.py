@@ -52,6 +52,31 @@ class DryRunConfig:
     score_len: int = 8  # e.g. the tokens of "(A)" / "(B)" in the feedback prompt
 
 
+# The ``:smoke`` shapes of a real-model config: small enough to compile on 8 fake CPU devices.
+SMOKE_SHAPES = DryRunConfig(
+    train_batch_size=8,
+    train_seq_len=32,
+    sample_batch_size=8,
+    prompt_len=16,
+    max_new_tokens=8,
+    score_batch_size=8,
+    score_prompt_len=16,
+    score_len=4,
+)
+
+
+def shrink_for_smoke(config: ml_collections.ConfigDict, preset: str, **model: Any) -> None:
+    """Turn a real-model config into its ``:smoke`` variant in place: a tiny random model of the
+    same family (``preset`` plus ``model`` overrides), no checkpoint, a (2, 2, 2) mesh and
+    ``SMOKE_SHAPES``, so a laptop or a test dry-runs the same code paths a pod will."""
+    tiny = dict(vocab_size=259, d_model=64, n_layers=2, n_heads=4, head_dim=16, mlp_dim=96)
+    tiny.update(max_len=256, dtype="float32", remat=False)
+    config.init_from = ""
+    config.model = configs.model_dict(preset, **{**tiny, **model})
+    config.mesh = configs.as_dict(sharding.MeshConfig(data=2, fsdp=2, tensor=2))
+    config.dry_run = configs.as_dict(SMOKE_SHAPES)
+
+
 def _with_sharding(tree: Any, shardings: Any) -> Any:
     return jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shardings

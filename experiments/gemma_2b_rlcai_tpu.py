@@ -18,7 +18,7 @@ those steps (fine-tuning train step, generation, scoring) for the real shapes.
 import ml_collections
 
 from cai import configs
-from cai.dry_run import DryRunConfig
+from cai.dry_run import DryRunConfig, shrink_for_smoke
 from cai.sharding import MeshConfig
 
 
@@ -58,33 +58,7 @@ def get_config(arg: str | None = None):
         )
     )
     if arg == "smoke":
-        config.init_from = ""
-        config.model = configs.model_dict(
-            "gemma_2b",
-            vocab_size=259,
-            d_model=64,
-            n_layers=2,
-            n_heads=4,
-            n_kv_heads=1,
-            head_dim=16,
-            mlp_dim=96,
-            max_len=256,
-            dtype="float32",
-            remat=False,
-        )
-        config.mesh = configs.as_dict(MeshConfig(data=2, fsdp=2, tensor=2))
-        config.dry_run = configs.as_dict(
-            DryRunConfig(
-                train_batch_size=8,
-                train_seq_len=32,
-                sample_batch_size=8,
-                prompt_len=16,
-                max_new_tokens=8,
-                score_batch_size=8,
-                score_prompt_len=16,
-                score_len=4,
-            )
-        )
+        shrink_for_smoke(config, "gemma_2b", n_kv_heads=1)
     elif arg:
         raise ValueError(f"unknown variant {arg!r}; known: smoke")
     return config
