@@ -13,19 +13,6 @@ import numpy as np
 
 from cai.model import ModelConfig
 
-# XLA:CPU in this jaxlib hands reductions to YNNPACK "library fusions" by default; on our shapes
-# they are 10-20x slower than XLA's own loop emitter (e.g. the loss's row max over [8, 256, 8192]
-# logits: ~200 ms vs ~12 ms; softmax and norm reductions likewise). This drops only that fusion
-# type; matmuls stay on YNNPACK, nothing else changes. CPU-only, performance-only.
-YNN_NO_REDUCE = "--xla_cpu_experimental_ynn_fusion_type=-LIBRARY_FUSION_TYPE_REDUCE"
-
-
-def configure_xla(argv: list[str]) -> None:
-    """Add ``YNN_NO_REDUCE`` to XLA_FLAGS unless ``--xla-defaults`` is in ``argv``; call it
-    before jax creates its CPU backend (i.e. before the first computation)."""
-    if "--xla-defaults" not in argv and "ynn_fusion_type" not in os.environ.get("XLA_FLAGS", ""):
-        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {YNN_NO_REDUCE}".strip()
-
 
 def hf_llama(cfg: ModelConfig, params: Any | None = None) -> Any:
     """An HF ``LlamaForCausalLM`` with ``cfg``'s shapes (f32, library-default attention); if

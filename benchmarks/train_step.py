@@ -14,6 +14,8 @@ numpy, torch or jax measured here. FLOPs per trained token (PaLM-style, no causa
 with N_matmul = all parameters except the input embedding table (a gather, not a matmul) and
 T = 256. Sides are timed in alternating rounds (after warm-up) to share any background noise;
 we report medians. Library defaults on all cores for both (threads printed).
+Other processes on the cores skew both sides (torch's OpenMP pool much more than XLA's), so
+the 1-minute load average is printed at the start and end; trust only quiet runs.
 
     python benchmarks/train_step.py [--steps 10] [--rounds 3] [--quick]
 """
@@ -35,7 +37,6 @@ from cai.train_lib import OptimConfig, compile_train_step, create_train_state, m
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_common import (  # noqa: E402
-    configure_xla,
     hf_llama,
     load_report,
     matmul_peak_gflops,
@@ -43,8 +44,6 @@ from bench_common import (  # noqa: E402
     thread_report,
     timed,
 )
-
-configure_xla(sys.argv)  # before jax's CPU backend starts; see bench_common.YNN_NO_REDUCE
 
 OPT = OptimConfig(
     learning_rate=3e-4,
@@ -127,11 +126,6 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=256, help="predicted positions per row")
     ap.add_argument("--quick", action="store_true", help="2 rounds of 3 steps")
-    ap.add_argument(
-        "--xla-defaults",
-        action="store_true",
-        help="keep XLA:CPU's default YNNPACK reduce fusions (see bench_common)",
-    )
     args = ap.parse_args()
     if args.quick:
         args.steps, args.rounds, args.warmup = 3, 2, 2
