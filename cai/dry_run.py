@@ -35,6 +35,7 @@ from cai.train_lib import (
     abstract_params,
     compile_train_step,
     make_optimizer,
+    memory,
 )
 
 
@@ -81,20 +82,6 @@ def _with_sharding(tree: Any, shardings: Any) -> Any:
     return jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shardings
     )
-
-
-def memory(compiled: Any) -> dict[str, int]:
-    """Per-device bytes from ``memory_analysis()``; ``total`` = arguments + outputs + temps -
-    aliased (donated) buffers, what must fit on one device at the peak."""
-    m = compiled.memory_analysis()
-    if m is None:
-        return {}
-    out = {
-        k: int(getattr(m, f"{k}_size_in_bytes", 0))
-        for k in ("argument", "output", "temp", "alias", "generated_code")
-    }
-    out["total"] = out["argument"] + out["output"] + out["temp"] - out["alias"]
-    return out
 
 
 def compile_generate(

@@ -249,28 +249,30 @@ def compile_train_step(
     return compiled
 
 
-def log_memory(compiled: Any, what: str) -> dict[str, int]:
+def memory(compiled: Any) -> dict[str, int]:
+    """Per-device bytes from ``memory_analysis()``; ``total`` = arguments + outputs + temps -
+    aliased (donated) buffers, what must fit on one device at the peak. Empty where the
+    backend does not implement the analysis."""
     try:
         m = compiled.memory_analysis()
     except Exception:  # some backends do not implement it
         m = None
     if m is None:
         return {}
-    stats = {
-        k: int(getattr(m, k, 0))
-        for k in (
-            "argument_size_in_bytes",
-            "output_size_in_bytes",
-            "temp_size_in_bytes",
-            "alias_size_in_bytes",
-        )
+    out = {
+        k: int(getattr(m, f"{k}_size_in_bytes", 0))
+        for k in ("argument", "output", "temp", "alias", "generated_code")
     }
+    out["total"] = out["argument"] + out["output"] + out["temp"] - out["alias"]
+    return out
+
+
+def log_memory(compiled: Any, what: str) -> dict[str, int]:
+    stats = memory(compiled)
     logging.info(
         "%s per-device memory: %s",
         what,
-        ", ".join(
-            f"{k.replace('_size_in_bytes', '')}={v / 2**20:.1f}MiB" for k, v in stats.items()
-        ),
+        ", ".join(f"{k}={v / 2**20:.1f}MiB" for k, v in stats.items()),
     )
     return stats
 
