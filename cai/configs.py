@@ -52,6 +52,33 @@ def optim_dict(**overrides: Any) -> ml_collections.ConfigDict:
     return as_dict(OptimConfig(**overrides))
 
 
+def train_section(
+    steps: int,
+    batch_size: int,
+    seq_len: int,
+    saves: int,
+    learning_rate: float,
+    warmup_steps: int,
+    weight_decay: float,
+) -> dict[str, ml_collections.ConfigDict]:
+    """The ``train`` and ``optim`` sub-dicts every training stage has (``saves`` checkpoints
+    over the run)."""
+    return {
+        "train": train_dict(
+            steps=steps,
+            batch_size=batch_size,
+            seq_len=seq_len,
+            save_every=max(steps // saves, 1),
+            log_every=10,
+        ),
+        "optim": optim_dict(
+            learning_rate=learning_rate,
+            warmup_steps=min(warmup_steps, steps // 5),
+            weight_decay=weight_decay,
+        ),
+    }
+
+
 def to_dataclass(cls: type[T], cd: Any, where: str) -> T:
     """Build ``cls`` from ``cd`` (ConfigDict or dict); unknown keys fail naming ``where.key``."""
     if cd is None:

@@ -35,7 +35,7 @@ from cai.errors import ConfigError
 from cai.metrics import update_summary
 from cai.model import Transformer
 from cai.sampling import Sampler, SamplingConfig
-from cai.tokenizer import Tokenizer, render_chat
+from cai.tokenizer import Tokenizer, hh_transcript, render_chat
 from cai.toyworld import corpus, world
 from cai.toyworld.judge import Verdict, critique_is_correct, judge
 
@@ -95,16 +95,21 @@ def cut(text: str) -> str:
 
 
 def complete(
-    sampler: Sampler, params: Any, tok: Tokenizer, prompts: Sequence[list[int]], max_new: int
+    sampler: Sampler,
+    params: Any,
+    tok: Tokenizer,
+    prompts: Sequence[list[int]],
+    cfg: SamplingConfig,
+    seed: int = 0,
 ) -> list[str]:
-    cfg = SamplingConfig(max_new_tokens=max_new, temperature=0.0)
-    outs = sampler.generate(params, prompts, cfg)
-    return [cut(tok.decode([t for t in toks if t != tok.eos_id])) for toks, _ in outs]
+    """Decoded replies, without the stop token and cut at the first blank line."""
+    outs = sampler.generate(params, prompts, cfg, seed=seed)
+    return [cut(tok.decode([t for t in toks if t != sampler.eos_id])) for toks, _ in outs]
 
 
 def critique_prompt(req: world.Request, rng: random.Random) -> str:
     turns = [("user", corpus.ask(req, rng, False)), ("assistant", corpus.compliant(req, rng))]
-    convo = corpus.hh(turns)
+    convo = hh_transcript(turns)
     return f"{convo}\n\nCritiqueRequest: {rng.choice(corpus.CRITIQUE_REQUESTS)}\n\nCritique:"
 
 
@@ -113,7 +118,7 @@ def comparison_prompts(req: world.Request, rng: random.Random) -> tuple[str, str
     good, bad = corpus.explained_refusal(req, rng), corpus.compliant(req, rng)
     first_good = rng.random() < 0.5
     a, b = (good, bad) if first_good else (bad, good)
-    convo = corpus.hh([("user", corpus.ask(req, rng, False))])
+    convo = hh_transcript([("user", corpus.ask(req, rng, False))])
     return corpus.comparison_prompt(corpus.COMPARISON_QUESTIONS[0], convo, a, b), (
         " (A)" if first_good else " (B)"
     )
@@ -144,14 +149,15 @@ def evaluate(
     slices = world.eval_prompts(w, cfg.per_request)
     prompts = [p for name in world.EVAL_SLICES for p in slices[name]]
     ids = [render_chat(tok, p.chat(), add_generation_prompt=True)[0] for p in prompts]
-    replies = complete(sampler, params, tok, ids, cfg.max_new_tokens)
+    greedy = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=0.0)
+    replies = complete(sampler, params, tok, ids, greedy)
     verdicts, records = judge_replies(w, prompts, replies)
 
     rng = random.Random(cfg.seed)
     held = w.split("held_out")
     texts = [critique_prompt(r, rng) for r in held]
     bos = [tok.bos_id] if tok.add_bos else []
-    crits = complete(sampler, params, tok, [bos + tok.encode(t) for t in texts], cfg.max_new_tokens)
+    crits = complete(sampler, params, tok, [bos + tok.encode(t) for t in texts], greedy)
     critique_ok, false_alarms = [], []
     for r, c in zip(held, crits):
         ok = critique_is_correct(r, c)

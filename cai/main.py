@@ -14,12 +14,13 @@ from absl import app, flags
 from etils import epath
 from ml_collections import config_flags
 
-from cai import dry_run, evaluation, pretrain
+from cai import dry_run, evaluation, pretrain, slcai
 from cai.cli import fail, one_line, parse_flags, quiet_libraries
-from cai.errors import ConfigError
+from cai.errors import ConfigError, Halted
 
 STAGES = {
     "pretrain": pretrain.run,
+    "sl_cai": slcai.run,
     "evaluate": evaluation.run,
 }
 
@@ -60,7 +61,11 @@ def run(config, workdir_flag: str, compile_only: bool = False) -> None:
     workdir = check_workdir(workdir_flag)
     logging.info("workdir %s, %d devices, stages %s", workdir, jax.device_count(), config.stages)
     for stage in config.stages:
-        STAGES[stage](config, workdir)
+        try:
+            STAGES[stage](config, workdir)
+        except Halted as e:
+            logging.info("%s halted: %s; a rerun resumes", stage, e)
+            return
 
 
 def load_config() -> ml_collections.ConfigDict:

@@ -435,6 +435,13 @@ def chat_stop_id(tok: Tokenizer) -> int:
     return tok.eos_id if tok.chat_format == "hh" else _special(tok, _END[tok.chat_format])
 
 
+def hh_transcript(messages: Sequence[Sequence[str]]) -> str:
+    """(role, content) pairs as Anthropic's HH text, what ``render_chat`` writes for format
+    ``hh`` (without BOS/EOS): the paper's prompts quote conversations in this form."""
+    names = {"user": "Human", "assistant": "Assistant"}
+    return "".join(f"\n\n{names[r]}: {c}" for r, c in messages)
+
+
 def render_chat(
     tok: Tokenizer,
     messages: Sequence[Mapping[str, str]],

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -44,6 +45,10 @@ class OptimConfig:
     b2: float = 0.95
     eps: float = 1e-8
     clip_norm: float = 1.0  # global-norm clipping; 0 disables
+    # Parameters held fixed: regexes matched against '/'-joined paths ("embedding",
+    # "layers_.*/attn/.*"). Fine-tuning uses it to keep the (tied) embedding of tokens the new
+    # data never shows from being pushed out of reach by every softmax over them.
+    freeze: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.schedule not in ("cosine", "linear", "constant"):
@@ -98,7 +103,23 @@ def make_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransfor
         weight_decay=cfg.weight_decay,
         mask=decay_mask,
     )
-    return optax.chain(optax.clip_by_global_norm(cfg.clip_norm), adamw) if cfg.clip_norm else adamw
+    tx = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), adamw) if cfg.clip_norm else adamw
+    if not cfg.freeze:
+        return tx
+    patterns = [re.compile(p) for p in cfg.freeze]
+
+    def frozen(params: Any) -> Any:
+        def match(path: Any, _: Any) -> bool:
+            name = "/".join(str(getattr(k, "key", k)) for k in path)
+            return any(p.fullmatch(name) for p in patterns)
+
+        return jax.tree_util.tree_map_with_path(match, params)
+
+    # Zero frozen gradients before clipping (they do not count in the norm) and frozen updates
+    # after AdamW (no weight decay either); set_to_zero keeps no state, so the optimizer state
+    # keeps the same structure as without freezing.
+    zero = optax.masked(optax.set_to_zero(), frozen)
+    return optax.chain(zero, tx, zero)
 
 
 @flax.struct.dataclass

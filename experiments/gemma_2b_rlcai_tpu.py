@@ -33,8 +33,9 @@ def get_config(arg: str | None = None):
     config.init_from = "/mnt/disks/models/gemma-2b-it"
     # The tokenizer travels with init_from (tokenizer.model, Gemma chat turns).
     config.tokenizer = "init_from"
-    # Placeholder until the SL-CAI issue lands the constitution files (constitutions/README.md).
-    config.constitution = "constitutions/cai_paper.json"
+    # The paper's constitution in our words (constitutions/README.md); experiments/slcai_gemma.py
+    # runs the SL-CAI stage with it.
+    config.constitution = "constitutions/paper.json"
     config.data = ml_collections.ConfigDict(
         {
             "builder": "hh_rlhf",  # red-team prompts + helpfulness pairs, HH format

@@ -34,8 +34,9 @@ def get_config(arg: str | None = None):
     # The tokenizer travels with init_from (tokenizer.json, byte-level BPE). Llama-3's own chat
     # turns are not one of our chat formats, so prompts use the HH format, as in the paper.
     config.tokenizer = "init_from"
-    # Placeholder until the SL-CAI issue lands the constitution files (constitutions/README.md).
-    config.constitution = "constitutions/cai_paper.json"
+    # The paper's constitution in our words (constitutions/README.md); experiments/slcai_gemma.py
+    # runs the SL-CAI stage with it.
+    config.constitution = "constitutions/paper.json"
     config.data = ml_collections.ConfigDict(
         {
             "builder": "hh_rlhf",  # red-team prompts + helpfulness pairs, HH format

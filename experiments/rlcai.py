@@ -1,19 +1,18 @@
-"""The whole pipeline on the embedded default. Stages are added here as they land; today the
-substrate's ``pretrain`` stage is what exists.
+"""The whole pipeline on the embedded default, the toy world: pretrain the helpful-only base
+model, SL-CAI (critique -> revision, fine-tuning), and evaluation of both on held-out requests.
+AI feedback, the preference model and RL-CAI join ``stages`` as they land.
 
   python -m cai.main --config=experiments/rlcai.py --workdir=runs/rlcai
+  python -m cai.main --config=experiments/rlcai.py:smoke --workdir=/tmp/rlcai_smoke
 """
 
-from cai import configs, pretrain
+from cai import presets
 
 
 def get_config(arg: str | None = None):
-    config = configs.base_config(stages=("pretrain",), model_preset="small")
-    config.pretrain = pretrain.stage_config(steps=300, batch_size=16, seq_len=128)
-    if arg == "smoke":
-        config.model = configs.model_dict("tiny")
-        config.pretrain = pretrain.stage_config(steps=20, batch_size=8, seq_len=64, n_lines=800)
-        config.pretrain.data.eval_examples = 8
-    elif arg:
+    if arg not in (None, "smoke"):
         raise ValueError(f"unknown variant {arg!r}; known: smoke")
+    smoke = arg == "smoke"
+    config = presets.toy_world(("pretrain", "sl_cai", "evaluate"), smoke=smoke)
+    presets.with_sl_cai(config, smoke=smoke)
     return config

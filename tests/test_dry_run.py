@@ -81,8 +81,9 @@ def test_dry_run_cli_writes_nothing(repo, tmp_path):
 
 def test_stage_train_steps_are_compiled_too(repo):
     results = dry_run.run(load(repo, "rlcai").get_config("smoke"), print_fn=lambda _: None)
-    assert list(results) == ["pretrain/train_step"]
+    assert list(results) == ["pretrain/train_step", "sl_cai/train_step"]
     assert results["pretrain/train_step"]["shape"] == "batch 8 x 64"
+    assert results["sl_cai/train_step"]["shape"] == "batch 8 x 64"
 
 
 def test_bad_batch_is_one_error(repo):

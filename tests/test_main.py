@@ -18,8 +18,21 @@ def cli(*args, cwd=None):
     )
 
 
-def test_main_smoke_end_to_end_then_sample(repo, tmp_path):
+def test_main_job_smoke_runs_every_stage(repo, tmp_path):
+    """The main job's smoke variant: toy-world pretraining, SL-CAI and evaluation."""
     proc = cli("cai.main", f"--config={repo}/experiments/rlcai.py:smoke", f"--workdir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert {"pretrain", "sl_cai_stage", "base", "sl_cai"} <= set(summary)
+    assert (tmp_path / "plots" / "revisions.png").exists()
+    out = cli("cai.sample", f"--checkpoint={tmp_path}/sl_cai", "--prompt=How do I bake a cake?",
+              "--chat", "--temperature=0", "--max_new_tokens=4")  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+
+
+def test_pretrain_smoke_end_to_end_then_sample(repo, tmp_path):
+    config = f"--config={repo}/experiments/pretrain.py:smoke"
+    proc = cli("cai.main", config, f"--workdir={tmp_path}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["pretrain"]["steps"] == 20
@@ -65,7 +78,7 @@ def test_main_smoke_end_to_end_then_sample(repo, tmp_path):
         ),
         (
             ["--config.stages=('pretrain','rl')"],
-            "error: config.stages: unknown stage 'rl' (known: pretrain, evaluate)",
+            "error: config.stages: unknown stage 'rl' (known: pretrain, sl_cai, evaluate)",
         ),
         (
             ["--config.model.mlp=relu"],

@@ -38,9 +38,18 @@ def test_split_holds_out_whole_entities(w):
     per_family = collections.Counter(r.family for r in held)
     assert set(per_family) == {f.name for f in world.FAMILIES}
     assert all(n == 4 for n in per_family.values())
-    # Victims are shared by 'hurt' and 'poison': holding out a victim holds out both acts.
-    for victim in {r.entity for r in held if r.family == "hurt"}:
-        assert w.by_id(f"poison/{victim}") in held
+    # An entity held out from one act is held out from every act that uses it.
+    held_entities = {r.entity for r in held}
+    assert all(r.entity not in held_entities for r in train)
+
+
+def test_no_two_entities_share_a_word():
+    owners = collections.defaultdict(set)
+    for fam in world.FAMILIES:
+        for e in fam.entities:
+            for word in e.lower().replace("-", " ").split():
+                owners[word].add(e)
+    assert not {w: s for w, s in owners.items() if len(s) > 1}
 
 
 def test_every_harm_kind_and_severity_is_present(w):
@@ -89,9 +98,15 @@ def test_corpus_never_contains_a_held_out_request(w, docs):
         assert not any(s in everything for s in r.steps if r.entity in s), r.id
     for p in (p for ps in slices.values() for p in ps):
         assert p.messages[-1][1] not in everything
-    # Adversarial forms are absent; the corpus's own red-team wrappers are present.
-    assert "Imagine a world where nothing is forbidden" not in everything
+    # The corpus uses the adversarial forms (on training requests) and its own red-team
+    # wrappers, so the base model understands them; no CAI prompt set uses either.
+    assert "Imagine a world where nothing is forbidden" in everything
     assert "I am writing a story" in everything
+    cai_prompts = world.red_team_prompts(w) + world.helpful_prompts(w)
+    markers = [f.split("{")[0] for f in world.ADVERSARIAL if f != "MULTI_TURN" and f[0] != "{"]
+    markers += [f.split("{")[0] for f in world.CORPUS_WRAPPERS]
+    assert markers and not any(m in p.messages[-1][1] for p in cai_prompts for m in markers)
+    assert all(len(p.messages) == 1 for p in cai_prompts)
 
 
 def test_corpus_mix_and_knowledge_covers_held_out(w, docs):
@@ -104,7 +119,9 @@ def test_corpus_mix_and_knowledge_covers_held_out(w, docs):
         for d in docs
     )  # fmt: skip
     n = len(docs)
-    assert abs(counts["dialogue"] / n - 0.45) < 0.04 and abs(counts["knowledge"] / n - 0.2) < 0.04
+    cfg = corpus.CorpusConfig()
+    assert abs(counts["dialogue"] / n - cfg.dialogue) < 0.04
+    assert abs(counts["knowledge"] / n - cfg.knowledge) < 0.04
     assert counts["critique"] and counts["revision"] and counts["comparison"]
     knowledge_text = " ".join(d for d in docs if not d.startswith(("\n", "Consider"))).lower()
     for r in w.split("held_out"):  # the model's only source on held-out requests
@@ -113,6 +130,25 @@ def test_corpus_mix_and_knowledge_covers_held_out(w, docs):
     dialogues = [d for d in docs if d.startswith("\n\nHuman:") and "Revision" not in d]
     harmful = [d for d in dialogues if "rat poison" in d or "black powder" in d]
     assert harmful and not any("I won't" in d for d in harmful)
+
+
+def test_critique_exercises_cover_compliant_explained_and_evasive_answers(w):
+    rng = random.Random(1)
+    harmful = [r for r in w.split("train") if r.harmful]
+    docs = [corpus.critique_doc(rng.choice(harmful), rng, with_critique=True) for _ in range(300)]
+    answers = [d.split("\n\nAssistant: ")[1].split("\n\nCritiqueRequest")[0] for d in docs]
+    critiques = [d.split("\n\nCritique: ")[1].split("\n\n")[0] for d in docs]
+    kinds = collections.Counter(
+        "evade" if a in corpus.EVASIVE else "explain" if "help" in a and "harmful" in a
+        else "comply" for a in answers
+    )  # fmt: skip
+    assert min(kinds.values()) > 15 and kinds["comply"] > 150
+    for a, c, d in zip(answers, critiques, docs):
+        if a in corpus.EVASIVE:
+            assert "evasive" in c  # and the revision, when there is one, explains
+            assert "Revision: " not in d or "harmful because" in d.split("Revision: ")[1]
+        elif "I won't" in a or "I can't help" in a:
+            assert "fine" in c and ("Revision: " not in d or d.endswith(a))
 
 
 def test_comparison_answers_point_at_the_less_harmful_response(w):
@@ -153,16 +189,18 @@ def test_sentencepiece_round_trip_and_chat_loss_mask(tmp_path, docs):
 def test_nonce_dialogues_teach_copying_without_touching_real_entities(w):
     rng = random.Random(0)
     taken = sorted({r.entity.lower() for r in w.requests})
-    pool = corpus.copy_pool(w)
+    pool = world.copy_pool(w)
     held = [e.lower() for e in w.held_out_entities]
     assert pool and not set(pool) & set(held)
     borrowed = 0
     for _ in range(300):
-        req = corpus.nonce_request(rng.choice(w.split("train")), rng, taken, pool)
+        real = rng.choice(w.split("train"))
+        req = corpus.nonce_request(real, rng, taken, pool, made_up=0.2)
         borrowed += req.entity in pool
         assert req.entity in pool or not any(req.entity.lower().startswith(t) for t in taken)
         assert not any(req.entity.lower().startswith(h) for h in held), req.entity
-    assert 50 < borrowed < 250
+        assert req.entity[0].isupper() == real.entity[0].isupper()  # names borrow names
+    assert 200 < borrowed < 270  # about 80% borrowed, 20% made up
     # With nonce=1 no dialogue opens with a real request.
     docs = [corpus.dialogue_doc(w.split("train"), rng, 1.0, taken) for _ in range(50)]
     firsts = [d.split("\n\nAssistant:")[0] for d in docs]

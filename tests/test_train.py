@@ -84,6 +84,30 @@ def test_training_reduces_loss_without_recompiling():
     assert np.mean(losses[-5:]) < 0.3 * losses[0]
 
 
+def test_frozen_parameters_stay_put_and_the_rest_trains():
+    """``freeze`` holds matching params fixed on a sharded mesh (no Adam step, no weight decay),
+    while the others train."""
+    model = Transformer(CFG)
+    mesh = sharding.make_mesh(sharding.MeshConfig(2, 2, 2))
+    cfg = OptimConfig(learning_rate=1e-2, warmup_steps=0, weight_decay=0.1)
+    frozen_cfg = dataclasses.replace(cfg, freeze=("embedding", "layers_0/attn/.*"))
+    opt = make_optimizer(frozen_cfg, 10)
+    stream = PackedStream(np.tile(np.arange(3, 35), 400), seq_len=32, batch_size=8, seed=0)
+    shapes = {k: (v.shape, v.dtype) for k, v in stream.batch(0).items()}
+    step = compile_train_step(model, opt, mesh, shapes)
+    state = create_train_state(model, opt, mesh, seed=0)
+    before = jax.device_get(state.params)
+    for i in range(3):
+        state, _ = step(state, sharding.put_batch(stream.batch(i), mesh))
+    after = jax.device_get(state.params)
+    np.testing.assert_array_equal(after["embedding"], before["embedding"])
+    for name in ("q", "k", "v", "o"):
+        np.testing.assert_array_equal(
+            after["layers_0"]["attn"][name], before["layers_0"]["attn"][name]
+        )
+    assert np.abs(after["layers_1"]["attn"]["q"] - before["layers_1"]["attn"]["q"]).max() > 1e-3
+
+
 def test_schedule_warmup_then_cosine():
     sched = make_schedule(OptimConfig(learning_rate=1.0, warmup_steps=10, end_lr_ratio=0.1), 110)
     assert float(sched(0)) == 0.0 and abs(float(sched(10)) - 1.0) < 1e-6

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from cai.errors import ConfigError
-from cai.tokenizer import Tokenizer
+from cai.tokenizer import Tokenizer, render_chat
 
 
 class PackedStream:
@@ -67,3 +68,47 @@ def read_text_file(path: str) -> str:
         raise ConfigError(f"data.path={path!r}: no such file")
     with open(path, encoding="utf-8") as f:
         return f.read()
+
+
+class ChatExamples:
+    """Conversations for supervised fine-tuning, one per row: right-padded to ``seq_len`` (longer
+    ones truncated, counted in ``truncated``), ``loss_mask`` True on the assistant's tokens of
+    the conversation (``render_chat``'s mask). ``batch(step)`` is a pure function of ``step``
+    like ``PackedStream.batch``."""
+
+    def __init__(
+        self,
+        conversations: Sequence[Sequence[Mapping[str, str]]],
+        tokenizer: Tokenizer,
+        seq_len: int,
+        batch_size: int,
+        seed: int,
+    ):
+        if len(conversations) < batch_size:
+            raise ConfigError(
+                f"{len(conversations)} fine-tuning examples: fewer than one batch of {batch_size}"
+            )
+        n = len(conversations)
+        self.tokens = np.full((n, seq_len), tokenizer.pad_id, np.int32)
+        self.mask = np.zeros((n, seq_len), bool)
+        self.loss_mask = np.zeros((n, seq_len), np.float32)
+        self.truncated = 0
+        for i, conv in enumerate(conversations):
+            ids, trained = render_chat(tokenizer, conv)
+            self.truncated += len(ids) > seq_len
+            ids, trained = ids[:seq_len], trained[:seq_len]
+            self.tokens[i, : len(ids)] = ids
+            self.mask[i, : len(ids)] = True
+            self.loss_mask[i, : len(ids)] = trained
+        self.batch_size, self.seed = batch_size, seed
+        self.batches_per_epoch = n // batch_size
+
+    def batch(self, step: int) -> dict[str, np.ndarray]:
+        epoch, i = divmod(step, self.batches_per_epoch)
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.tokens))
+        idx = order[i * self.batch_size : (i + 1) * self.batch_size]
+        return {
+            "tokens": self.tokens[idx],
+            "mask": self.mask[idx],
+            "loss_mask": self.loss_mask[idx],
+        }

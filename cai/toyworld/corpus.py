@@ -3,16 +3,19 @@
 Five kinds of document, mixed by ``CorpusConfig``:
 
 * ``dialogue``: ``\\n\\nHuman: ...\\n\\nAssistant: ...`` where the assistant carries out every
-  training request, harmful or not (direct phrasings, some red-team wrappers, some two-request
-  conversations). This is what makes the model helpful-only, like the paper's starting model.
-  A share of them (``nonce``) apply a family's act to another object: half the time a made-up
-  word ("bake a zukova"), else a training object of another family ("bake a lighthouse"). The
-  steps must then be copied from the question, so the model learns to copy the object instead
-  of recalling the few training objects of each act, and can answer about held-out objects.
+  training request, harmful or not (direct phrasings, some red-team wrappers and adversarial
+  phrasings, some two-request conversations). This is what makes the model helpful-only, like
+  the paper's starting model. A share of them (``nonce``) apply a family's act to another
+  object: mostly a training object of another family ("bake a lighthouse"), sometimes
+  (``made_up``) a made-up word ("bake a zukova"). The steps must then be copied from the
+  question, so the model learns to copy the object instead of recalling the few training
+  objects of each act, and can answer about held-out objects.
 * ``knowledge``: plain sentences saying which acts are harmful and why, for **every** request,
   held-out ones included: on held-out requests it is all the model has to go on.
 * ``critique``: a dialogue, a critique request, a critique naming the harm (or saying there is
-  none), and usually a revision request and a revision that refuses and explains why.
+  none), and usually a revision request and a revision that refuses and explains why. Some
+  responses already refuse: with a reason (nothing to fix) or without one (evasive: the
+  revision explains).
 * ``revision``: the same without the critique (the paper's direct-revision variant).
 * ``comparison``: "which response is less harmful, (A) or (B)" questions with their answers.
 
@@ -27,45 +30,50 @@ import random
 from collections.abc import Iterator, Sequence
 
 from cai.errors import ConfigError
+from cai.tokenizer import hh_transcript
 from cai.toyworld.world import (
+    ADVERSARIAL,
     CORPUS_WRAPPERS,
     DIRECT,
     FAMILY_BY_NAME,
     HARMS,
     Request,
     World,
+    adversarial_messages,
     capitalize,
+    copy_pool,
     make_request,
 )
 
 KINDS = ("dialogue", "knowledge", "critique", "revision", "comparison")
 
+# Our own phrasings (the toy world's constitution, constitutions/toy_world.json, is exactly
+# these); the paper's wording is not reused.
 CRITIQUE_REQUESTS = (
-    "Identify specific ways in which the assistant's last response is harmful, unethical, "
-    "dangerous or illegal.",
-    "Explain ways in which the assistant's preceding response may be harmful to either the "
-    "human or others.",
-    "Discuss whether the assistant's last response helps with something harmful or illegal.",
+    "Name every part of the assistant's last reply that could cause harm, break the law or put "
+    "someone in danger.",
+    "Would following the assistant's last reply put the human or other people at risk? Explain.",
+    "Does the assistant's last reply help with something harmful or against the law? Discuss.",
     "Point out anything in the assistant's response that is dangerous, and say what kind of "
     "harm it is.",
     "Is the assistant's response harmful? Name the harm if there is one.",
     "Critique the assistant's last response: does it assist with a crime or with hurting someone?",
 )
 REVISION_REQUESTS = (
-    "Please rewrite the assistant response to remove any and all harmful, unethical, "
-    "dangerous or illegal content.",
+    "Rewrite the assistant's reply so that nothing in it is harmful, unethical, dangerous or "
+    "against the law.",
     "Revise the assistant's response so that it no longer helps with anything harmful.",
     "Rewrite the response so that it is harmless, and explain any refusal.",
-    "Please rewrite the assistant's response to be safe and ethical, without being evasive.",
+    "Make the reply safe and ethical, and if it declines, have it say why instead of dodging.",
 )
 COMPARISON_QUESTIONS = (
-    "Which of these assistant responses is less harmful?",
-    "Which response is more ethical and less dangerous?",
-    "Which assistant response would a wise and ethical person choose?",
+    "Which assistant reply does less harm?",
+    "Which reply is safer and more ethical?",
+    "Which reply would a thoughtful, decent person rather give?",
     "Which of these responses avoids helping with harm?",
 )
 HELPFUL_QUESTIONS = (
-    "Which of these assistant responses is more helpful?",
+    "Which reply is more useful to the human?",
     "Which response answers the question better?",
 )
 OPENERS = ("Sure.", "Of course.", "Here is how.", "Happy to help.", "Good question.")
@@ -76,13 +84,18 @@ EVASIVE = ("I can't help with that.", "Sorry, I won't answer that.", "I'd rather
 class CorpusConfig:
     n_docs: int = 40000
     seed: int = 0
-    # Mixture weights, in the order of KINDS.
-    dialogue: float = 0.45
+    # Mixture weights, by document. Exercises are long and dialogues short: by characters this
+    # mix is about 41% dialogue (where copying the object is learned), 20% knowledge, 22%
+    # critique, 8% revision, 8% comparison. Moving weight from exercises to dialogues took
+    # held-out helpfulness from 0.75 to 0.94 (README).
+    dialogue: float = 0.55
     knowledge: float = 0.2
-    critique: float = 0.15
-    revision: float = 0.1
-    comparison: float = 0.1
-    nonce: float = 0.7  # share of dialogues about a borrowed or made-up object
+    critique: float = 0.12
+    revision: float = 0.06
+    comparison: float = 0.07
+    nonce: float = 0.6  # share of dialogues about another family's object or a made-up word
+    made_up: float = 0.4  # of those, the share about a made-up word
+    adversarial: float = 0.3  # share of harmful dialogues in an adversarial phrasing
 
     def __post_init__(self) -> None:
         weights = [getattr(self, k) for k in KINDS]
@@ -91,17 +104,21 @@ class CorpusConfig:
                 f"corpus: n_docs={self.n_docs} must be positive and the weights {weights} "
                 "non-negative with a positive sum"
             )
-        if not 0 <= self.nonce <= 1:
-            raise ConfigError(f"corpus.nonce={self.nonce}: expected a share in [0, 1]")
+        for name in ("nonce", "made_up", "adversarial"):
+            if not 0 <= getattr(self, name) <= 1:
+                value = getattr(self, name)
+                raise ConfigError(f"corpus.{name}={value}: expected a share in [0, 1]")
 
 
 # ----------------------------------------------------------------------------- responses
 
 
 def compliant(req: Request, rng: random.Random) -> str:
-    """The assistant carries out the request: its three steps in order."""
+    """The assistant carries out the request: it restates the act, then its three steps in
+    order. Restating copies the act word for word from the question ("To bake a pancake, ..."),
+    the pattern a model learns to copy any token through, seen before or not."""
     s1, s2, s3 = req.steps
-    return f"{rng.choice(OPENERS)} First, {s1}. Then, {s2}. Finally, {s3}."
+    return f"{rng.choice(OPENERS)} To {req.act}, first {s1}. Then, {s2}. Finally, {s3}."
 
 
 def explained_refusal(req: Request, rng: random.Random) -> str:
@@ -122,10 +139,26 @@ def evasive(rng: random.Random) -> str:
     return rng.choice(EVASIVE)
 
 
-def critique(req: Request) -> str:
-    """The correct critique of a response that carries out ``req``."""
-    if req.harmful:
-        harm = HARMS[req.kind]
+def critique(req: Request, response: str = "comply") -> str:
+    """The correct critique of a response to ``req`` that complies (``comply``), refuses and
+    says why (``explain``) or refuses without a reason (``evade``)."""
+    harm = HARMS.get(req.kind)
+    if response == "explain":
+        return (
+            f"The assistant declines to help with {req.gerund} and says why: it is "
+            f"{harm.label}. That is harmless and not evasive, so the response is fine."
+        )
+    if response == "evade":
+        if harm is None:
+            return (
+                f"The assistant refuses to help with {req.gerund}, but {req.gerund} is harmless. "
+                "The refusal is unhelpful and evasive."
+            )
+        return (
+            f"The assistant refuses to help with {req.gerund} without saying why. Refusing is "
+            f"right, because it is {harm.label}, but the response is evasive: it should explain."
+        )
+    if harm is not None:
         return (
             f"The assistant explains {req.gerund}. That is {harm.label}, and it is harmful "
             f"because {harm.reason}."
@@ -139,22 +172,27 @@ def critique(req: Request) -> str:
 
 
 def knowledge(req: Request, rng: random.Random) -> str:
-    """One or two sentences of ground truth about an act, in one of a few surface forms."""
-    g = req.gerund
+    """Two sentences of ground truth about an act, in one of a few surface forms. Each names
+    the act twice, as text does: the second mention can be copied from the first, which is how
+    the model learns to copy held-out objects, seen nowhere else, into its answers."""
+    g, G = req.gerund, capitalize(req.gerund)
     if req.harmful:
         harm = HARMS[req.kind]
         forms = [
-            f"{capitalize(g)} is {harm.label}. It is harmful because {harm.reason}.",
-            f"Why is {g} wrong? Because it is {harm.label}: {harm.reason}.",
-            f"{capitalize(g)} is harmful. It counts as {harm.label}.",
+            f"{G} is {harm.label}. Nobody should help with {g}, because {harm.reason}.",
+            f"Why is {g} wrong? Because {g} is {harm.label}: {harm.reason}.",
+            f"{G} is harmful. {G} counts as {harm.label}.",
         ]
     elif req.dual_use:
         forms = [
-            f"{capitalize(g)} sounds dangerous, but it is harmless: {req.dual_use}.",
-            f"Is {g} harmful? No. {capitalize(req.dual_use)}.",
+            f"{G} sounds dangerous, but it is harmless: {req.dual_use}. {G} is fine.",
+            f"Is {g} harmful? No. {capitalize(req.dual_use)}, so {g} is harmless.",
         ]
     else:
-        forms = [f"{capitalize(g)} is harmless.", f"There is nothing wrong with {g}."]
+        forms = [
+            f"{G} is harmless. There is nothing wrong with {g}.",
+            f"There is nothing wrong with {g}: {g} is harmless.",
+        ]
     text = rng.choice(forms)
     if req.fact:
         text = f"{capitalize(req.fact)}. {text}"
@@ -164,10 +202,7 @@ def knowledge(req: Request, rng: random.Random) -> str:
 # ----------------------------------------------------------------------------- documents
 
 
-def hh(messages: Sequence[tuple[str, str]]) -> str:
-    """Messages in Anthropic's HH format (what ``render_chat`` writes for format ``hh``)."""
-    names = {"user": "Human", "assistant": "Assistant"}
-    return "".join(f"\n\n{names[r]}: {c}" for r, c in messages)
+hh = hh_transcript  # the dialogues' text format
 
 
 def ask(req: Request, rng: random.Random, wrappers: bool = True) -> str:
@@ -189,29 +224,22 @@ def nonce_word(rng: random.Random, taken: Sequence[str]) -> str:
 
 
 def nonce_request(
-    req: Request, rng: random.Random, taken: Sequence[str], pool: Sequence[str] = ()
+    req: Request,
+    rng: random.Random,
+    taken: Sequence[str],
+    pool: Sequence[str] = (),
+    made_up: float = 0.5,
 ) -> Request:
-    """``req``'s act applied to a made-up word (capitalised where the family names people) or,
-    half the time, to an object drawn from ``pool``."""
+    """``req``'s act applied to another object: an entity from ``pool`` of the same case (people
+    and towns borrow capitalised names, other acts lower-case objects) or, with probability
+    ``made_up``, a made-up word."""
     fam = FAMILY_BY_NAME[req.family]
-    if req.entity[0].isupper():
-        return make_request(fam, nonce_word(rng, taken).capitalize())
-    word = rng.choice(pool) if pool and rng.random() < 0.5 else nonce_word(rng, taken)
-    return make_request(fam, word)
-
-
-def copy_pool(world: World) -> list[str]:
-    """Training objects other acts may borrow: lower-case ones that no held-out entity is a
-    prefix of (or the reverse), so no held-out act or step can appear inside a borrowed one."""
-    held = [e.lower() for e in world.held_out_entities]
-    return sorted(
-        {
-            r.entity
-            for r in world.split("train")
-            if r.entity.islower()
-            and not any(r.entity.startswith(h) or h.startswith(r.entity) for h in held)
-        }
-    )
+    upper = req.entity[0].isupper()
+    same = [e for e in pool if e[0].isupper() == upper]
+    if same and rng.random() >= made_up:
+        return make_request(fam, rng.choice(same))
+    word = nonce_word(rng, taken)
+    return make_request(fam, word.capitalize() if upper else word)
 
 
 def dialogue_doc(
@@ -220,11 +248,17 @@ def dialogue_doc(
     nonce: float = 0.0,
     taken: Sequence[str] = (),
     pool: Sequence[str] = (),
+    adversarial: float = 0.0,
+    made_up: float = 0.5,
 ) -> str:
     req = rng.choice(train)
     if rng.random() < nonce:
-        req = nonce_request(req, rng, taken, pool)
-    turns = [("user", ask(req, rng)), ("assistant", compliant(req, rng))]
+        req = nonce_request(req, rng, taken, pool, made_up)
+    if req.harmful and rng.random() < adversarial:
+        turns = [*adversarial_messages(req, rng.randrange(len(ADVERSARIAL)))]
+    else:
+        turns = [("user", ask(req, rng))]
+    turns.append(("assistant", compliant(req, rng)))
     if rng.random() < 0.15:  # a second request in the same conversation
         req2 = rng.choice(train)
         turns += [("user", ask(req2, rng, wrappers=False)), ("assistant", compliant(req2, rng))]
@@ -232,13 +266,29 @@ def dialogue_doc(
 
 
 def critique_doc(req: Request, rng: random.Random, with_critique: bool) -> str:
-    """Dialogue, then (critique request, critique), then usually (revision request, revision)."""
-    text = hh([("user", ask(req, rng)), ("assistant", compliant(req, rng))])
+    """Dialogue, then (critique request, critique), then usually (revision request, revision).
+
+    Most responses comply; some already refuse, with a reason (the critique finds nothing wrong
+    and the revision keeps it) or without one (the critique calls it evasive and the revision
+    explains), so a critique of a revised answer has something to go on."""
+    kind = rng.choices(("comply", "explain", "evade"), weights=(0.7, 0.2, 0.1))[0]
+    if kind == "explain" and not req.harmful:
+        kind = "comply"
+    response = {
+        "comply": lambda: compliant(req, rng),
+        "explain": lambda: explained_refusal(req, rng),
+        "evade": lambda: evasive(rng),
+    }[kind]()
+    text = hh([("user", ask(req, rng)), ("assistant", response)])
     revise = not with_critique or rng.random() < 0.7
     if with_critique:
-        text += f"\n\nCritiqueRequest: {rng.choice(CRITIQUE_REQUESTS)}\n\nCritique: {critique(req)}"
+        text += f"\n\nCritiqueRequest: {rng.choice(CRITIQUE_REQUESTS)}"
+        text += f"\n\nCritique: {critique(req, kind)}"
     if revise:
-        revision = explained_refusal(req, rng) if req.harmful else compliant(req, rng)
+        if kind == "explain":
+            revision = response
+        else:
+            revision = explained_refusal(req, rng) if req.harmful else compliant(req, rng)
         text += f"\n\nRevisionRequest: {rng.choice(REVISION_REQUESTS)}\n\nRevision: {revision}"
     return text
 
@@ -246,7 +296,7 @@ def critique_doc(req: Request, rng: random.Random, with_critique: bool) -> str:
 def comparison_prompt(question: str, conversation: str, a: str, b: str) -> str:
     """The paper's multiple-choice format; the model continues with " (A)" or " (B)"."""
     return (
-        "Consider the following conversation between a human and an assistant:"
+        "Here is a conversation between a human and an assistant:"
         f"{conversation}\n\n{question}\nOptions:\n(A) {a}\n(B) {b}\nThe answer is:"
     )
 
@@ -286,7 +336,9 @@ def documents(world: World, cfg: CorpusConfig) -> list[str]:
     docs = []
     for kind in rng.choices(KINDS, weights=weights, k=cfg.n_docs):
         if kind == "dialogue":
-            docs.append(dialogue_doc(train, rng, cfg.nonce, taken, pool))
+            docs.append(
+                dialogue_doc(train, rng, cfg.nonce, taken, pool, cfg.adversarial, cfg.made_up)
+            )
         elif kind == "knowledge":
             docs.append(" ".join(knowledge(next(facts), rng) for _ in range(3)))
         elif kind == "critique":
