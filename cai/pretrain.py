@@ -10,7 +10,7 @@ Sources (``pretrain.data.source``):
 * ``arithmetic``: a small arithmetic language with the byte tokenizer (greedy answers to sums
   measure what was learned); ``text_file``: any UTF-8 file, byte tokenizer.
 
-The main job pretrains on every run (7.9 minutes measured for the toy world on 2 CPU cores) rather
+The main job pretrains on every run (7.6 minutes measured for the toy world on 2 CPU cores) rather
 than shipping weights: a rerun with the same workdir resumes, and the config reproduces it.
 """
 

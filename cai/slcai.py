@@ -7,7 +7,7 @@ the critique). The final revisions, mixed with the same model's answers to benig
 prompts (so helpfulness is kept; harmful-compliant answers are never mixed back in), are the
 SL-CAI fine-tuning set, trained with the loss on assistant tokens only.
 
-Prompts are built in one of two styles (``sl_cai.style``):
+Prompts are built in one of two styles (``sl_cai.loop.style``):
 
 * ``transcript``: the paper's text format, for base models trained on HH transcripts (the toy
   world's): ``...\\n\\nAssistant: {answer}\\n\\nCritiqueRequest: {c}\\n\\nCritique:`` and then
@@ -24,7 +24,7 @@ the other variant is run for comparison) and ``helpful/`` hold JSONL shards, eac
 atomically, so a rerun skips finished shards and, because every shard's randomness depends only
 on ``(seed, shard)``, produces the same dataset as an uninterrupted run. ``checkpoints/`` holds
 the fine-tuned model. On the toy world the judge scores each round's revisions (measurement
-only: nothing it says reaches the data) for the revision curve in ``summary.json["revisions"]``
+only: nothing it says reaches the data) for the revision curves in ``summary.json["sl_cai_stage"]``
 and ``WORKDIR/plots/revisions.png``.
 """
 
