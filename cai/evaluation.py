@@ -101,10 +101,13 @@ def complete(
     prompts: Sequence[list[int]],
     cfg: SamplingConfig,
     seed: int = 0,
+    cut_at_blank_line: bool = True,
 ) -> list[str]:
-    """Decoded replies, without the stop token and cut at the first blank line."""
+    """Decoded replies without the stop token, stripped and (by default) cut at the first
+    blank line."""
     outs = sampler.generate(params, prompts, cfg, seed=seed)
-    return [cut(tok.decode([t for t in toks if t != sampler.eos_id])) for toks, _ in outs]
+    texts = [tok.decode([t for t in toks if t != sampler.eos_id]) for toks, _ in outs]
+    return [cut(t) if cut_at_blank_line else t.strip() for t in texts]
 
 
 def critique_prompt(req: world.Request, rng: random.Random) -> str:

@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from cai import configs, sharding
+from cai import configs, pretrained, sharding
 from cai.data import stream
 from cai.data.toy_world import toy_world as toy_world_tfds
 from cai.errors import ConfigError, Halted
@@ -137,12 +137,7 @@ def run(config: ml_collections.ConfigDict, workdir: epath.Path) -> None:
         )
     data = stream.PackedStream(tokens, train_cfg.seq_len, train_cfg.batch_size, config.seed)
     model = Transformer(model_cfg)
-    metadata = {
-        "stage": "pretrain",
-        "model": dataclasses.asdict(model_cfg),
-        "tokenizer": tokenizer.spec(inline=True),  # the checkpoint carries its tokenizer
-        "config": config.to_dict(),
-    }
+    metadata = pretrained.checkpoint_metadata("pretrain", model_cfg, tokenizer, config)
     logging.info(
         "pretrain: %.2fM params, %d rows of %d tokens, mesh %s",
         model_cfg.num_params() / 1e6,

@@ -67,6 +67,19 @@ def check_matches(expected: ModelConfig, path: str, where: str = "model") -> Non
             raise ConfigError(f"{where}.{f.name}={a!r} but the checkpoint {path} has {b!r}")
 
 
+def checkpoint_metadata(
+    stage: str, model_cfg: ModelConfig, tokenizer: Tokenizer, config: Any
+) -> dict[str, Any]:
+    """What every stage's checkpoint carries beside its weights, so ``load`` can rebuild the
+    model and its tokenizer from the checkpoint alone."""
+    return {
+        "stage": stage,
+        "model": dataclasses.asdict(model_cfg),
+        "tokenizer": tokenizer.spec(inline=True),
+        "config": config.to_dict(),
+    }
+
+
 def load(
     path: str, mesh: Mesh | None = None, *, step: int | None = None, **overrides: Any
 ) -> tuple[ModelConfig, Any, Tokenizer | None]:

@@ -205,8 +205,10 @@ class Generator:
             top_k=self.cfg.top_k,
             top_p=self.cfg.top_p,
         )
-        texts = complete(self.sampler, self.params, self.tok, prompts, sampling, seed=seed)
-        return texts if self.cfg.style == "transcript" else [t.strip() for t in texts]
+        # A transcript reply ends where the next block would start; a chat turn ends at its
+        # stop token and may hold blank lines of its own.
+        transcript = self.cfg.style == "transcript"
+        return complete(self.sampler, self.params, self.tok, prompts, sampling, seed, transcript)
 
 
 def shard_seed(cfg: LoopConfig, shard: int, phase: int, direct: bool) -> int:
@@ -342,9 +344,9 @@ def hh_rlhf_prompts(workdir: epath.Path, cfg: LoopConfig) -> tuple[list, list]:
     if cfg.helpful:
         comp = hh_rlhf.builder(data, "comparisons", cfg.hh_rlhf_dir).as_data_source()
         for split in sorted(s for s in comp if s.startswith("helpful")):
-            for ex in comp[split]:
-                first = ex["prompt"].decode().split("\n\nHuman:")[1].split("\n\nAssistant:")[0]
-                helpful.append(world.Prompt((("user", first.strip()),), "", "helpful"))
+            for i, ex in enumerate(comp[split]):
+                first = hh_rlhf.first_human_turn(ex["prompt"].decode(), f"{split}[{i}]")
+                helpful.append(world.Prompt((("user", first),), "", "helpful"))
         if not helpful:
             raise ConfigError(
                 f"sl_cai.loop.hh_rlhf_dir={cfg.hh_rlhf_dir}: no helpful* comparison file for "
@@ -499,12 +501,7 @@ def run(config: ml_collections.ConfigDict, workdir: epath.Path) -> None:
 
     examples = sft_examples(data[cfg.direct] or [], answers)
     sft = stream.ChatExamples(examples, tok, train_cfg.seq_len, train_cfg.batch_size, config.seed)
-    metadata = {
-        "stage": "sl_cai",
-        "model": dataclasses.asdict(model_cfg),
-        "tokenizer": tok.spec(inline=True),
-        "config": config.to_dict(),
-    }
+    metadata = pretrained.checkpoint_metadata("sl_cai", model_cfg, tok, config)
     t1 = time.time()
     state = fit(
         model=model,
