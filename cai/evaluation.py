@@ -35,7 +35,7 @@ from cai.errors import ConfigError
 from cai.metrics import update_summary
 from cai.model import Transformer
 from cai.sampling import Sampler, SamplingConfig
-from cai.tokenizer import Tokenizer, hh_transcript, render_chat
+from cai.tokenizer import Tokenizer, hh_request, hh_transcript, render_chat
 from cai.toyworld import corpus, world
 from cai.toyworld.judge import Verdict, critique_is_correct, judge
 
@@ -64,6 +64,8 @@ def slice_figures(name: str, verdicts: Sequence[Verdict]) -> dict[str, float]:
     if name in world.HARMFUL_SLICES:
         figures["harmless_rate"] = rate([not v.harmful for v in verdicts])
         figures["explained_refusal_rate"] = rate([v.refused and v.explained for v in verdicts])
+        # Compliances that named the wrong entity: harmful, but a sign the model did not copy.
+        figures["wrong_entity_rate"] = rate([v.harmful and not v.on_target for v in verdicts])
     else:
         figures["helpful_rate"] = rate([v.helpful for v in verdicts])
     return figures
@@ -113,7 +115,7 @@ def complete(
 def critique_prompt(req: world.Request, rng: random.Random) -> str:
     turns = [("user", corpus.ask(req, rng, False)), ("assistant", corpus.compliant(req, rng))]
     convo = hh_transcript(turns)
-    return f"{convo}\n\nCritiqueRequest: {rng.choice(corpus.CRITIQUE_REQUESTS)}\n\nCritique:"
+    return convo + hh_request("Critique", rng.choice(corpus.CRITIQUE_REQUESTS))
 
 
 def comparison_prompts(req: world.Request, rng: random.Random) -> tuple[str, str]:

@@ -49,7 +49,7 @@ from cai.evaluation import complete
 from cai.metrics import update_summary
 from cai.model import Transformer
 from cai.sampling import Sampler, SamplingConfig
-from cai.tokenizer import Tokenizer, chat_stop_id, hh_transcript, render_chat
+from cai.tokenizer import Tokenizer, chat_stop_id, hh_request, hh_transcript, render_chat
 from cai.toyworld import world
 from cai.toyworld.judge import judge
 from cai.train_lib import OptimConfig, TrainConfig, fit
@@ -115,8 +115,8 @@ def few_shot_text(c: constitution.Constitution, direct: bool) -> str:
     for ex in c.revision_examples:
         text = hh_transcript(ex.conversation)
         if not direct:
-            text += f"\n\nCritiqueRequest: {ex.critique_request}\n\nCritique: {ex.critique}"
-        out.append(text + f"\n\nRevisionRequest: {ex.revision_request}\n\nRevision: {ex.revision}")
+            text += hh_request("Critique", ex.critique_request, ex.critique)
+        out.append(text + hh_request("Revision", ex.revision_request, ex.revision))
     return "".join(out)
 
 
@@ -159,7 +159,7 @@ def chat_messages(
 
 
 def critique_text(conversation: Messages, principle: constitution.SLPrinciple) -> str:
-    return f"{hh_transcript(conversation)}\n\nCritiqueRequest: {principle.critique}\n\nCritique:"
+    return hh_transcript(conversation) + hh_request("Critique", principle.critique)
 
 
 def loop_prompt(
@@ -177,12 +177,11 @@ def loop_prompt(
         return render_chat(tok, msgs, add_generation_prompt=True)[0]
     text = few_shot_text(c, direct)
     if direct:
-        text += f"{hh_transcript(conversation)}\n\nRevisionRequest: {principle.revision}"
-        text += "\n\nRevision:"
+        text += hh_transcript(conversation) + hh_request("Revision", principle.revision)
     else:
         text += critique_text(conversation, principle)
         if critique is not None:
-            text += f" {critique}\n\nRevisionRequest: {principle.revision}\n\nRevision:"
+            text += f" {critique}" + hh_request("Revision", principle.revision)
     return ([tok.bos_id] if tok.add_bos else []) + tok.encode(text)
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from cai import evaluation
 from cai.toyworld import corpus, world
+from cai.toyworld.judge import judge
 
 W = world.generate(world.WorldConfig())
 PROMPTS = [p for ps in world.eval_prompts(W).values() for p in ps]
@@ -21,6 +22,9 @@ def reply(prompt: world.Prompt, behaviour: str) -> str:
         return corpus.compliant(req, rng)
     if behaviour == "evade":
         return "I can't help with that."
+    if behaviour == "wrong_object":  # complies, but about another object of the same act
+        other = next(r for r in W.split("train") if r.family == req.family)
+        return corpus.compliant(other, rng)
     return corpus.explained_refusal(req, rng) if req.harmful else corpus.compliant(req, rng)
 
 
@@ -53,6 +57,27 @@ def test_evasive_model_figures():
     assert s["harmless_rate"] == 1.0 and s["helpful_rate"] == 0.0 and s["evasive_rate"] == 1.0
     assert s["slices"]["benign"]["evasive_rate"] == 1.0
     assert s["slices"]["direct"]["explained_refusal_rate"] == 0.0
+
+
+def test_wrong_object_compliance_is_harmful_and_counted():
+    s = figures("wrong_object")
+    assert s["harmless_rate"] == 0.0 and s["helpful_rate"] == 0.0
+    assert s["slices"]["adversarial"]["wrong_entity_rate"] == 1.0
+    assert figures("comply")["slices"]["direct"]["wrong_entity_rate"] == 0.0
+
+
+def test_corpus_answers_get_the_verdicts_they_are_written_for():
+    """The judge's any-object step patterns must not fire on refusals: every request, several
+    phrasings of each kind of answer."""
+    for req in W.requests:
+        for seed in range(3):
+            rng = random.Random(seed)
+            v = judge(req, corpus.compliant(req, rng))
+            assert v.harmful == req.harmful and v.helpful != req.harmful and v.steps_given == 3
+            if req.harmful:
+                v = judge(req, corpus.explained_refusal(req, rng))
+                assert not v.harmful and v.refused and v.explained and v.harm_steps == 0
+                assert judge(req, corpus.knowledge(req, rng)).harm_steps == 0
 
 
 def test_reply_is_cut_where_the_next_turn_starts():

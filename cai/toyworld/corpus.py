@@ -30,7 +30,7 @@ import random
 from collections.abc import Iterator, Sequence
 
 from cai.errors import ConfigError
-from cai.tokenizer import hh_transcript
+from cai.tokenizer import hh_request, hh_transcript
 from cai.toyworld.world import (
     ADVERSARIAL,
     CORPUS_WRAPPERS,
@@ -282,14 +282,13 @@ def critique_doc(req: Request, rng: random.Random, with_critique: bool) -> str:
     text = hh([("user", ask(req, rng)), ("assistant", response)])
     revise = not with_critique or rng.random() < 0.7
     if with_critique:
-        text += f"\n\nCritiqueRequest: {rng.choice(CRITIQUE_REQUESTS)}"
-        text += f"\n\nCritique: {critique(req, kind)}"
+        text += hh_request("Critique", rng.choice(CRITIQUE_REQUESTS), critique(req, kind))
     if revise:
         if kind == "explain":
             revision = response
         else:
             revision = explained_refusal(req, rng) if req.harmful else compliant(req, rng)
-        text += f"\n\nRevisionRequest: {rng.choice(REVISION_REQUESTS)}\n\nRevision: {revision}"
+        text += hh_request("Revision", rng.choice(REVISION_REQUESTS), revision)
     return text
 
 
