@@ -135,12 +135,17 @@ def next_token_nll(
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Summed NLL of tokens[:, 1:] given logits[:, :-1], weighted by loss_mask[:, 1:].
 
-    Returns (nll_sum, weight_sum, correct_sum)."""
-    logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)  # [B, T-1, V]
-    targets = tokens[:, 1:]
-    w = loss_mask[:, 1:].astype(jnp.float32)
-    tok_logp = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]  # [B, T-1]
-    correct = (jnp.argmax(logp, -1) == targets).astype(jnp.float32)
+    Returns (nll_sum, weight_sum, correct_sum). Written for XLA:CPU's sake, where the
+    [B, T, V] passes dominate a small model's step: targets are shifted instead of the logits
+    sliced (the last position gets weight 0), the target's logit is picked with a one-hot
+    product (its gradient is elementwise; take_along_axis's is a scatter into zeros), and
+    "correct" compares with the max instead of taking an argmax (they differ only on ties)."""
+    logits = logits.astype(jnp.float32)
+    targets = jnp.pad(tokens[:, 1:], ((0, 0), (0, 1)))
+    w = jnp.pad(loss_mask[:, 1:].astype(jnp.float32), ((0, 0), (0, 1)))
+    tok_logit = jnp.sum(logits * jax.nn.one_hot(targets, logits.shape[-1], dtype=logits.dtype), -1)
+    tok_logp = tok_logit - jax.nn.logsumexp(logits, -1)  # [B, T]
+    correct = (tok_logit >= jnp.max(logits, -1)).astype(jnp.float32)
     return -jnp.sum(tok_logp * w), jnp.sum(w), jnp.sum(correct * w)
 
 

@@ -35,6 +35,26 @@ def test_next_token_nll_by_hand():
     nll, n, _ = next_token_nll(logits, tokens, jnp.array([[1.0, 0.0, 1.0]]))  # token 1 not a target
     np.testing.assert_allclose(nll, -np.log(0.1), rtol=1e-6)
     assert float(n) == 1
+    _, _, correct = next_token_nll(logits, jnp.array([[0, 1, 1]]), jnp.ones((1, 3)))
+    assert float(correct) == 1  # position 1 predicts token 1 with its top score
+
+
+def test_next_token_nll_matches_a_gather_reference_with_gradients():
+    """The one-hot / shifted-target form equals log_softmax + take_along_axis, values and
+    gradients, with a ragged loss mask."""
+    rng = np.random.default_rng(0)
+    logits = jnp.asarray(rng.normal(size=(3, 7, 11)), jnp.float32)
+    tokens = jnp.asarray(rng.integers(0, 11, (3, 7)))
+    mask = jnp.asarray(rng.random((3, 7)) < 0.7, jnp.float32)
+
+    def reference(lg):
+        logp = jax.nn.log_softmax(lg[:, :-1], -1)
+        tok = jnp.take_along_axis(logp, tokens[:, 1:, None], -1)[..., 0]
+        return -jnp.sum(tok * mask[:, 1:])
+
+    ours = lambda lg: next_token_nll(lg, tokens, mask)[0]  # noqa: E731
+    np.testing.assert_allclose(ours(logits), reference(logits), rtol=1e-6)
+    np.testing.assert_allclose(jax.grad(ours)(logits), jax.grad(reference)(logits), atol=1e-6)
 
 
 def test_loss_ignores_unmasked_targets():
