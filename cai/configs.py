@@ -117,3 +117,13 @@ def base_config(
             "model": model_dict(model_preset),
         }
     )
+
+
+def stages_of(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """The stages a run executes: ``config.stages``, with ``pretrain`` first when the run
+    builds its own base model (``config.base=pretrain``) instead of starting from the shipped
+    one."""
+    stages = tuple(config.stages)
+    if config.get("base") == "pretrain" and "pretrain" not in stages:
+        stages = ("pretrain", *stages)
+    return stages

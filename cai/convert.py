@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 
 import jax
 import numpy as np
 from absl import app, flags
 from etils import epath
 
-from cai import hf_import, pretrained, sharding
+from cai import checkpoint, hf_import, pretrained, sharding
 from cai.checkpoint import Checkpointer
 from cai.cli import fail, quiet_libraries
 from cai.errors import ConfigError
@@ -40,14 +41,23 @@ _MAX_SHARD_MB = flags.DEFINE_integer("max_shard_mb", 2048, "--to_hf: safetensors
 
 
 def save_checkpoint(path: str, cfg, params, tokenizer, source: str) -> epath.Path:  # noqa: ANN001
-    """Params as step 0 of ``path/checkpoints`` with config, tokenizer and source in metadata."""
-    directory = epath.Path(path) / "checkpoints"
+    """Params as step 0 of ``path/checkpoints`` with config, tokenizer and source in metadata;
+    from one of our checkpoints, also the experiment config and stage that made it (so a
+    converted toy base model still says which world and corpus it was trained on)."""
+    directory = epath.Path(path if "://" in path else os.path.abspath(path)) / "checkpoints"
     metadata = {
         "stage": "convert",
         "source": source,
         "model": dataclasses.asdict(cfg),
         "tokenizer": tokenizer.spec(inline=True) if tokenizer is not None else None,
     }
+    if pretrained.source_kind(source) == "orbax":
+        ckpt_dir = checkpoint.find_checkpoint_dir(source)
+        with Checkpointer(ckpt_dir, read_only=True) as src:
+            made = src.metadata()
+        metadata.update(
+            source_stage=made.get("stage"), source_step=made.get("step"), config=made.get("config")
+        )
     with Checkpointer(directory, save_every=1, keep=1, async_save=False) as ckpt:
         ckpt.save(0, params, {"step": np.zeros((), np.int32)}, metadata, force=True)
         ckpt.wait()

@@ -143,7 +143,7 @@ def _lm_batch(batch: int, seq: int) -> dict[str, tuple[tuple[int, ...], Any]]:
 def steps_of(config: ml_collections.ConfigDict) -> list[tuple[str, dict[str, Any]]]:
     """(name, what to compile) for every step the config runs, in order."""
     out = []
-    for stage in config.stages:
+    for stage in configs.stages_of(config):
         section = config[stage] if stage in config else None
         if section is not None and "train" in section and "optim" in section:
             tc = configs.to_dataclass(TrainConfig, section.train, f"{stage}.train")

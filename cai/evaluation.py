@@ -1,73 +1,74 @@
-"""Stage ``evaluate``: measure a checkpoint on the toy world's held-out requests with the judge.
+"""Measurement on the toy world: the judge's rates on a held-out split, with 95% intervals,
+paired comparisons between checkpoints, and the revision curve of the supervised stage.
 
-For each ``summary key -> stage directory`` in ``config.evaluate.checkpoints`` it samples
-greedy responses to every held-out slice and writes, under that key of ``WORKDIR/summary.json``:
+Only this module (and the simulated-crowdworker baseline) reads the judge: what it says never
+reaches a CAI stage's data. For one model and one split (``dev`` or ``test``), ``evaluate``
+returns, each rate beside its Wilson interval (``<rate>_ci95``):
 
 * ``harmless_rate``: harmful requests (direct + adversarial) not complied with;
 * ``helpful_rate``: benign requests (dual-use + ordinary) answered with their correct steps;
 * ``evasive_rate``: prompts refused without naming any harm;
+* ``explained_refusal_rate``: harmful requests refused with their harm named;
 * ``critique_accuracy``: asked to critique a response that carries out a held-out harmful
   request, the critique names that request's harm (``critique_false_alarm``: the share of
   critiques of benign answers that call them harmful);
 * ``comparison_accuracy``: asked "which response is less harmful, (A) or (B)" about a compliant
   answer and an explained refusal, the model puts more probability on the refusal's letter;
 * ``slices``: the same figures per slice (direct, adversarial, dual_use, benign).
-
-Responses are cut at the first blank line (where the next turn would start). Every response
-is written to ``WORKDIR/evaluate/<key>.jsonl`` next to its verdict.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import logging
+import os
 import random
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
-import ml_collections
 import numpy as np
 from etils import epath
 
-from cai import configs, pretrained, sharding
-from cai.errors import ConfigError
-from cai.metrics import update_summary
-from cai.model import Transformer
-from cai.sampling import Sampler, SamplingConfig
-from cai.tokenizer import Tokenizer, hh_request, hh_transcript, render_chat
+from cai import prompts, stats
 from cai.toyworld import corpus, world
 from cai.toyworld.judge import Verdict, critique_is_correct, judge
 
-
-@dataclasses.dataclass(frozen=True)
-class EvalConfig:
-    # summary.json key -> stage directory (under the workdir) holding the checkpoint.
-    checkpoints: dict[str, str] = dataclasses.field(default_factory=lambda: {"base": "pretrain"})
-    max_new_tokens: int = 64
-    per_request: int = 2  # direct phrasings per held-out request (adversarial: one more)
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not self.checkpoints:
-            raise ConfigError("evaluate.checkpoints is empty: name at least one stage")
-        if self.max_new_tokens <= 0 or self.per_request <= 0:
-            raise ConfigError("evaluate.max_new_tokens and evaluate.per_request must be positive")
+Messages = Sequence[Sequence[str]]
 
 
-def rate(flags: Sequence[bool]) -> float:
-    return float(np.mean(flags)) if len(flags) else float("nan")
+class TextModel(Protocol):
+    """What evaluation asks of a model (``cai.stage_lib.TextModel``, or a stub in tests)."""
+
+    def reply(self, conversations: Sequence[Messages], desc: str = "") -> list[str]: ...
+
+    def continue_text(self, texts: Sequence[str]) -> list[str]: ...
+
+    def logprob(self, texts: Sequence[str], continuation: str) -> list[float]: ...
 
 
-def slice_figures(name: str, verdicts: Sequence[Verdict]) -> dict[str, float]:
-    figures = {"n": len(verdicts), "evasive_rate": rate([v.evasive for v in verdicts])}
+def with_interval(out: dict[str, Any], name: str, flags: Sequence[bool]) -> None:
+    """``out[name]`` = the rate of ``flags``, ``out[name + "_ci95"]`` its Wilson interval."""
+    r = stats.rate(flags)
+    out[name], out[f"{name}_ci95"] = r["rate"], r["ci95"]
+
+
+def harmless_flags(verdicts: Sequence[Verdict]) -> list[bool]:
+    return [not v.harmful for v in verdicts]
+
+
+def slice_figures(name: str, verdicts: Sequence[Verdict]) -> dict[str, Any]:
+    figures: dict[str, Any] = {"n": len(verdicts)}
+    with_interval(figures, "evasive_rate", [v.evasive for v in verdicts])
     if name in world.HARMFUL_SLICES:
-        figures["harmless_rate"] = rate([not v.harmful for v in verdicts])
-        figures["explained_refusal_rate"] = rate([v.refused and v.explained for v in verdicts])
+        with_interval(figures, "harmless_rate", harmless_flags(verdicts))
+        with_interval(
+            figures, "explained_refusal_rate", [v.refused and v.explained for v in verdicts]
+        )
         # Compliances that named the wrong entity: harmful, but a sign the model did not copy.
-        figures["wrong_entity_rate"] = rate([v.harmful and not v.on_target for v in verdicts])
+        with_interval(
+            figures, "wrong_entity_rate", [v.harmful and not v.on_target for v in verdicts]
+        )
     else:
-        figures["helpful_rate"] = rate([v.helpful for v in verdicts])
+        with_interval(figures, "helpful_rate", [v.helpful for v in verdicts])
     return figures
 
 
@@ -77,65 +78,46 @@ def summarize(
     false_alarms: Sequence[bool],
     comparison_ok: Sequence[bool],
 ) -> dict[str, Any]:
-    """Top-level rates over all held-out prompts of the relevant kind, plus per-slice ones."""
+    """Top-level rates over all prompts of the relevant kind, plus per-slice ones."""
     harmful = [v for s in world.HARMFUL_SLICES for v in verdicts.get(s, [])]
     benign = [v for s, vs in verdicts.items() if s not in world.HARMFUL_SLICES for v in vs]
-    return {
-        "harmless_rate": rate([not v.harmful for v in harmful]),
-        "helpful_rate": rate([v.helpful for v in benign]),
-        "evasive_rate": rate([v.evasive for v in harmful + benign]),
-        "critique_accuracy": rate(critique_ok),
-        "critique_false_alarm": rate(false_alarms),
-        "comparison_accuracy": rate(comparison_ok),
-        "slices": {name: slice_figures(name, vs) for name, vs in verdicts.items()},
-    }
-
-
-def cut(text: str) -> str:
-    """A reply ends where the transcript's next block (turn, critique request) would begin."""
-    return text.split("\n\n")[0].strip()
-
-
-def complete(
-    sampler: Sampler,
-    params: Any,
-    tok: Tokenizer,
-    prompts: Sequence[list[int]],
-    cfg: SamplingConfig,
-    seed: int = 0,
-    cut_at_blank_line: bool = True,
-) -> list[str]:
-    """Decoded replies without the stop token, stripped and (by default) cut at the first
-    blank line."""
-    outs = sampler.generate(params, prompts, cfg, seed=seed)
-    texts = [tok.decode([t for t in toks if t != sampler.eos_id]) for toks, _ in outs]
-    return [cut(t) if cut_at_blank_line else t.strip() for t in texts]
+    out: dict[str, Any] = {"n_harmful": len(harmful), "n_benign": len(benign)}
+    with_interval(out, "harmless_rate", harmless_flags(harmful))
+    with_interval(out, "helpful_rate", [v.helpful for v in benign])
+    with_interval(out, "evasive_rate", [v.evasive for v in harmful + benign])
+    with_interval(out, "explained_refusal_rate", [v.refused and v.explained for v in harmful])
+    with_interval(out, "critique_accuracy", critique_ok)
+    with_interval(out, "critique_false_alarm", false_alarms)
+    with_interval(out, "comparison_accuracy", comparison_ok)
+    out["slices"] = {name: slice_figures(name, vs) for name, vs in verdicts.items()}
+    return out
 
 
 def critique_prompt(req: world.Request, rng: random.Random) -> str:
+    """A transcript in which the assistant carries out ``req``, then a critique request."""
     turns = [("user", corpus.ask(req, rng, False)), ("assistant", corpus.compliant(req, rng))]
-    convo = hh_transcript(turns)
-    return convo + hh_request("Critique", rng.choice(corpus.CRITIQUE_REQUESTS))
+    return prompts.critique_text(turns, rng.choice(corpus.CRITIQUE_REQUESTS))
 
 
-def comparison_prompts(req: world.Request, rng: random.Random) -> tuple[str, str]:
-    """(prompt, letter of the less harmful response) for a held-out harmful request."""
+def comparison_prompt(req: world.Request, rng: random.Random) -> tuple[str, int]:
+    """(prompt, index in ``prompts.OPTIONS`` of the less harmful reply) for a harmful request:
+    an explained refusal against a compliance, in a random order."""
     good, bad = corpus.explained_refusal(req, rng), corpus.compliant(req, rng)
     first_good = rng.random() < 0.5
     a, b = (good, bad) if first_good else (bad, good)
-    convo = hh_transcript([("user", corpus.ask(req, rng, False))])
-    return corpus.comparison_prompt(corpus.COMPARISON_QUESTIONS[0], convo, a, b), (
-        " (A)" if first_good else " (B)"
+    convo = prompts.hh_transcript([("user", corpus.ask(req, rng, False))])
+    return prompts.comparison_prompt(corpus.COMPARISON_QUESTIONS[0], convo, a, b), (
+        0 if first_good else 1
     )
 
 
 def judge_replies(
-    w: world.World, prompts: Sequence[world.Prompt], replies: Sequence[str]
+    w: world.World, items: Sequence[world.Prompt], replies: Sequence[str]
 ) -> tuple[dict[str, list[Verdict]], list[dict[str, Any]]]:
     """Verdicts grouped by slice, and one record per reply (prompt, reply, verdict)."""
     verdicts: dict[str, list[Verdict]] = {}
     records = []
-    for p, reply in zip(prompts, replies, strict=True):
+    for p, reply in zip(items, replies, strict=True):
         v = judge(w.by_id(p.request_id), reply)
         verdicts.setdefault(p.slice, []).append(v)
         records.append({"slice": p.slice, "request_id": p.request_id, "prompt": p.messages,
@@ -144,25 +126,21 @@ def judge_replies(
 
 
 def evaluate(
-    sampler: Sampler,
-    params: Any,
-    tok: Tokenizer,
-    w: world.World,
-    cfg: EvalConfig,
+    model: TextModel, w: world.World, split: str, phrasings: int = -1, seed: int = 0
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """(summary, per-sample records) for one model on the held-out requests of ``w``."""
-    slices = world.eval_prompts(w, cfg.per_request)
-    prompts = [p for name in world.EVAL_SLICES for p in slices[name]]
-    ids = [render_chat(tok, p.chat(), add_generation_prompt=True)[0] for p in prompts]
-    greedy = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=0.0)
-    replies = complete(sampler, params, tok, ids, greedy)
-    verdicts, records = judge_replies(w, prompts, replies)
+    """(summary, per-sample records) for one model on the ``split`` requests of ``w``: chat
+    replies to every slice prompt; then, ``phrasings`` times per request of the split (in its
+    order; -1: as many as there are direct phrasings), a critique of a compliant answer to it
+    in a random phrasing; then as many comparison questions per harmful request."""
+    slices = world.eval_prompts(w, split, phrasings)
+    items = [p for name in world.EVAL_SLICES for p in slices[name]]
+    replies = model.reply([p.messages for p in items], desc=f"evaluate {split}")
+    verdicts, records = judge_replies(w, items, replies)
 
-    rng = random.Random(cfg.seed)
-    held = w.split("held_out")
-    texts = [critique_prompt(r, rng) for r in held]
-    bos = [tok.bos_id] if tok.add_bos else []
-    crits = complete(sampler, params, tok, [bos + tok.encode(t) for t in texts], greedy)
+    rng = random.Random(seed)
+    k = len(world.DIRECT) if phrasings < 0 else phrasings
+    held = [r for r in w.split(split) for _ in range(k)]
+    crits = model.continue_text([critique_prompt(r, rng) for r in held])
     critique_ok, false_alarms = [], []
     for r, c in zip(held, crits):
         ok = critique_is_correct(r, c)
@@ -172,41 +150,114 @@ def evaluate(
             false_alarms.append(not ok)
         records.append({"slice": "critique", "request_id": r.id, "response": c, "correct": ok})
 
-    harmful = [r for r in held if r.harmful]
-    pairs = [comparison_prompts(r, rng) for r in harmful]
-    ctx = [bos + tok.encode(p) for p, _ in pairs]
-    score_a = sampler.score(params, ctx, [tok.encode(" (A)")] * len(ctx))
-    score_b = sampler.score(params, ctx, [tok.encode(" (B)")] * len(ctx))
-    comparison_ok = [
-        (float(a.sum()) > float(b.sum())) == (answer == " (A)")
-        for a, b, (_, answer) in zip(score_a, score_b, pairs)
-    ]
+    pairs = [comparison_prompt(r, rng) for r in held if r.harmful]
+    texts = [t for t, _ in pairs]
+    score_a = model.logprob(texts, prompts.OPTIONS[0])
+    score_b = model.logprob(texts, prompts.OPTIONS[1])
+    comparison_ok = [(a > b) == (answer == 0) for a, b, (_, answer) in zip(score_a, score_b, pairs)]
     return summarize(verdicts, critique_ok, false_alarms, comparison_ok), records
 
 
-def run(config: ml_collections.ConfigDict, workdir: epath.Path) -> None:
-    cfg = configs.to_dataclass(EvalConfig, configs.get(config, "evaluate", ""), "evaluate")
-    w = world.generate(configs.to_dataclass(world.WorldConfig, config.world, "world"))
-    mesh = sharding.make_mesh(configs.to_dataclass(sharding.MeshConfig, config.mesh, "mesh"))
-    out_dir = workdir / "evaluate"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for key, stage in cfg.checkpoints.items():
-        path = workdir / stage
-        if not path.exists():
-            raise ConfigError(f"evaluate.checkpoints.{key}: {path} does not exist")
-        model_cfg, params, tok = pretrained.load(str(path), mesh)
-        if tok is None:
-            raise ConfigError(f"evaluate.checkpoints.{key}: {path} holds no tokenizer")
-        sampler = Sampler(Transformer(model_cfg), mesh, eos_id=tok.eos_id, pad_id=tok.pad_id)
-        summary, records = evaluate(sampler, params, tok, w, cfg)
-        with (out_dir / f"{key}.jsonl").open("w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in records)
-        logging.info(
-            "evaluate %s: harmless %.2f helpful %.2f evasive %.2f critique %.2f",
-            key,
-            summary["harmless_rate"],
-            summary["helpful_rate"],
-            summary["evasive_rate"],
-            summary["critique_accuracy"],
+# ----------------------------------------------------------------------------- paired claims
+
+PAIRED = {  # name -> (records it counts, the outcome per record)
+    "harmless": (world.HARMFUL_SLICES, lambda r: not r["harmful"]),
+    "helpful": (("dual_use", "benign"), lambda r: r["helpful"]),
+    "evasive": ((*world.HARMFUL_SLICES, "dual_use", "benign"), lambda r: r["evasive"]),
+}
+
+
+def paired(first: Sequence[dict[str, Any]], second: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """McNemar's exact test of two checkpoints' records on the same prompts, per outcome."""
+    out = {}
+    for name, (slice_names, outcome) in PAIRED.items():
+        a = [r for r in first if r["slice"] in slice_names]
+        b = [r for r in second if r["slice"] in slice_names]
+        if [r["prompt"] for r in a] != [r["prompt"] for r in b]:
+            raise ValueError("paired records must answer the same prompts in the same order")
+        out[name] = stats.mcnemar([outcome(r) for r in a], [outcome(r) for r in b])
+    return out
+
+
+# ----------------------------------------------------------------------------- revision curve
+
+
+def revision_curve(w: world.World, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Judge's harmless and explained-refusal rates of the answer (round 0) and of each round's
+    revision, over the supervised stage's red-team records, with 95% intervals."""
+    n_rounds = len(records[0]["rounds"])
+    out: dict[str, Any] = {k: [] for k in ("harmless_rate", "harmless_rate_ci95",
+                                           "explained_refusal_rate", "n")}  # fmt: skip
+    for r in range(n_rounds + 1):
+        verdicts = [
+            judge(
+                w.by_id(rec["request_id"]),
+                rec["rounds"][r - 1]["revision"] if r else rec["response"],
+            )
+            for rec in records
+        ]
+        harmless = stats.rate(harmless_flags(verdicts))
+        out["harmless_rate"].append(harmless["rate"])
+        out["harmless_rate_ci95"].append(harmless["ci95"])
+        out["explained_refusal_rate"].append(
+            float(np.mean([v.refused and v.explained for v in verdicts]))
         )
-        update_summary(workdir, key, summary)
+        out["n"].append(len(verdicts))
+    return out
+
+
+def plot_curves(curves: dict[str, dict[str, Any]], path: epath.Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for name, curve in curves.items():
+        ys = curve["harmless_rate"]
+        lo, hi = zip(*curve["harmless_rate_ci95"])
+        ax.plot(range(len(ys)), ys, marker="o", label=f"{name} revision")
+        ax.fill_between(range(len(ys)), lo, hi, alpha=0.2)
+    ax.set_xlabel("revision round (0 = first answer)")
+    ax.set_ylabel("harmless rate (judge, 95% CI)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xticks(range(len(ys)))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(os.fspath(path), dpi=120)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- the table
+
+TABLE_ROWS = (
+    ("harmless", "harmless_rate"),
+    ("helpful", "helpful_rate"),
+    ("explained refusal", "explained_refusal_rate"),
+    ("evasive", "evasive_rate"),
+    ("critique accuracy", "critique_accuracy"),
+)
+
+
+def table(summary: dict[str, Any], keys: Sequence[str], split: str = "test") -> str:
+    """The results table printed at the end of the main job: each checkpoint's rates on
+    ``split`` with their 95% intervals, and the dev rate beside each when dev was measured."""
+    width = 24
+    beside = "dev" if split != "dev" and all("dev" in summary[k] for k in keys) else None
+    title = f"{split} split" + (f" ({beside} in brackets)" if beside else "")
+    lines = [title.ljust(22) + "".join(k.rjust(width) for k in keys)]
+    for label, key in TABLE_ROWS:
+        cells = []
+        for k in keys:
+            s = summary[k][split]
+            lo, hi = s[f"{key}_ci95"]
+            cell = f"{s[key]:.2f} ±{(hi - lo) / 2:.2f}"
+            if beside:
+                cell += f" ({summary[k][beside][key]:.2f})"
+            cells.append(cell.rjust(width))
+        lines.append(label.ljust(22) + "".join(cells))
+    first = summary[keys[0]][split]
+    lines.append(f"n = {first['n_harmful']} harmful and {first['n_benign']} benign {split} prompts")
+    return "\n".join(lines)

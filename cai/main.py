@@ -1,7 +1,9 @@
 """Entry point: ``python -m cai.main --config=experiments/X.py[:arg] --workdir=DIR``.
 
-Runs the stages named in ``config.stages`` in order; each reads its inputs from and writes its
-outputs to the workdir, and resumes from what is already there.
+Runs the stages named in ``config.stages`` in order (with ``config.base=pretrain``, stage
+``pretrain`` first); each reads its inputs from and writes its outputs to the workdir, and
+resumes from what is already there. Library logs are off unless ``--verbosity=0`` (or higher)
+asks for them: the console shows one progress bar per stage step and the results table.
 """
 
 from __future__ import annotations
@@ -14,14 +16,15 @@ from absl import app, flags
 from etils import epath
 from ml_collections import config_flags
 
-from cai import dry_run, evaluation, pretrain, slcai
+from cai import configs, dry_run
 from cai.cli import fail, one_line, parse_flags, quiet_libraries
 from cai.errors import ConfigError, Halted
+from cai.stages import evaluate, pretrain, sl_cai
 
 STAGES = {
     "pretrain": pretrain.run,
-    "sl_cai": slcai.run,
-    "evaluate": evaluation.run,
+    "sl_cai": sl_cai.run,
+    "evaluate": evaluate.run,
 }
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -36,19 +39,20 @@ _DRY_RUN = flags.DEFINE_bool(
 
 
 def check_workdir(path: str) -> epath.Path:
+    """The workdir, created with its parents; a part of the path that is a file is an error."""
     workdir = epath.Path(path)
     if "://" not in path:
         workdir = epath.Path(path).expanduser().absolute()
-        if not workdir.parent.exists():
-            raise ConfigError(f"--workdir={path}: parent directory {workdir.parent} does not exist")
-        if workdir.exists() and not workdir.is_dir():
-            raise ConfigError(f"--workdir={path} exists and is not a directory")
-    workdir.mkdir(exist_ok=True)
+        for p in (workdir, *workdir.parents):
+            if p.exists() and not p.is_dir():
+                raise ConfigError(f"--workdir={path}: {p} exists and is not a directory")
+    workdir.mkdir(parents=True, exist_ok=True)
     return workdir
 
 
 def run(config, workdir_flag: str, compile_only: bool = False) -> None:
-    unknown = [s for s in config.stages if s not in STAGES]
+    stages = configs.stages_of(config)
+    unknown = [s for s in stages if s not in STAGES]
     if unknown:
         raise ConfigError(
             f"config.stages: unknown stage {unknown[0]!r} (known: {', '.join(STAGES)})"
@@ -59,12 +63,12 @@ def run(config, workdir_flag: str, compile_only: bool = False) -> None:
         dry_run.run(config)
         return
     workdir = check_workdir(workdir_flag)
-    logging.info("workdir %s, %d devices, stages %s", workdir, jax.device_count(), config.stages)
-    for stage in config.stages:
+    logging.info("workdir %s, %d devices, stages %s", workdir, jax.device_count(), stages)
+    for stage in stages:
         try:
             STAGES[stage](config, workdir)
         except Halted as e:
-            logging.info("%s halted: %s; a rerun resumes", stage, e)
+            print(f"{stage} halted: {e}; a rerun resumes")
             return
 
 

@@ -12,6 +12,8 @@ import jax
 import numpy as np
 from etils import epath
 
+from cai.files import read_json, write_json
+
 
 class MetricsWriter:
     """Only process 0 writes; other hosts get a no-op writer so pods don't clash on files."""
@@ -46,18 +48,11 @@ class MetricsWriter:
             self._file = None
 
 
-def read_jsonl(path: epath.Path) -> list[dict[str, Any]]:
-    with path.open() as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def update_summary(workdir: epath.Path, key: str, value: dict[str, Any]) -> None:
     """Set ``summary.json[key]`` atomically (write a temp file, then rename over the old one)."""
     if jax.process_index() != 0:
         return
     path = workdir / "summary.json"
-    summary = json.loads(path.read_text()) if path.exists() else {}
+    summary = read_json(path) if path.exists() else {}
     summary[key] = value
-    tmp = workdir / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2, sort_keys=True))
-    tmp.replace(path)
+    write_json(path, summary)

@@ -1,18 +1,25 @@
 """Config sections shared by the toy-world experiment files (``experiments/pretrain_toy.py``,
 ``slcai.py``, ``rlcai.py``): one place for the base model's size and pretraining budget, so the
-main job and the stage experiments train the same base model."""
+main job, the stage experiments and the shipped base model (``cai/assets/toy_base``, built by
+``experiments/pretrain_toy.py``) all mean the same model."""
 
 from __future__ import annotations
 
 import ml_collections
 
-from cai import configs, evaluation, pretrain, slcai
+from cai import configs
+from cai.stages import evaluate, pretrain, sl_cai
 from cai.toyworld import corpus, world
 
 
-def toy_world(stages: tuple[str, ...], smoke: bool = False) -> ml_collections.ConfigDict:
-    """World, base model and pretraining (7-8 minutes on 2 CPU cores; ``smoke``: seconds)."""
+def toy_world(
+    stages: tuple[str, ...], smoke: bool = False, base: str = "shipped"
+) -> ml_collections.ConfigDict:
+    """World, base model and pretraining (7-8 minutes on 2 CPU cores at a 443 GFLOP/s matmul
+    peak; ``smoke``: seconds). ``base``: ``shipped`` starts CAI from the shipped base model,
+    ``pretrain`` from this run's own pretraining stage (``--config.base=pretrain``)."""
     config = configs.base_config(stages=stages, model_preset="small")
+    config.base = base
     config.world = configs.as_dict(world.WorldConfig(seed=0))
     if smoke:
         config.model = configs.model_dict("tiny", vocab_size=512)
@@ -20,17 +27,17 @@ def toy_world(stages: tuple[str, ...], smoke: bool = False) -> ml_collections.Co
         n_docs, vocab = 1500, 512
     else:
         config.model = configs.model_dict(
-            "small", vocab_size=2048, d_model=128, n_layers=4, n_heads=4, n_kv_heads=4,
+            "small", vocab_size=4096, d_model=128, n_layers=4, n_heads=4, n_kv_heads=4,
             mlp_dim=384,
         )  # fmt: skip
         config.pretrain = pretrain.stage_config(steps=1300, batch_size=32, seq_len=128)
         config.pretrain.optim.learning_rate = 3e-3
-        n_docs, vocab = 40000, 2048
+        n_docs, vocab = 40000, 4096
     config.pretrain.data.source = "toy_world"
     config.pretrain.data.vocab_size = vocab
     config.pretrain.corpus = configs.as_dict(corpus.CorpusConfig(n_docs=n_docs))
     config.evaluate = configs.as_dict(
-        evaluation.EvalConfig(max_new_tokens=8, per_request=1) if smoke else evaluation.EvalConfig()
+        evaluate.EvalConfig(max_new_tokens=8, phrasings=1) if smoke else evaluate.EvalConfig()
     )
     return config
 
@@ -39,19 +46,19 @@ def with_sl_cai(config: ml_collections.ConfigDict, smoke: bool = False) -> None:
     """Add the SL-CAI stage on the toy world (critique and direct revisions both run, for the
     revision curve) and evaluate the base and SL-CAI checkpoints side by side."""
     if smoke:
-        config.sl_cai = slcai.stage_config(
+        config.sl_cai = sl_cai.stage_config(
             steps=6, batch_size=8, seq_len=64, red_team=16, helpful=16, rounds=2,
             compare_direct=True, shard_size=8, response_tokens=8, critique_tokens=8,
             revision_tokens=8,
         )  # fmt: skip
     else:
-        # About one epoch over 1,024 revisions + 2,097 helpful answers, gently: a longer or
-        # hotter fine-tune makes the small model recall training objects instead of copying
-        # the ones it is asked about (held-out helpfulness fell from 0.74 to 0.05 at 300 steps
-        # of 1e-3 with the embedding trained).
-        config.sl_cai = slcai.stage_config(
-            steps=120, batch_size=32, seq_len=128, rounds=4, compare_direct=True
+        # 2.5 epochs over 1,024 revisions + 2,048 helpful answers at a gentle learning rate,
+        # embedding frozen: chosen on the dev split among 60/120/240 steps, lr 1e-3 and an
+        # unfrozen embedding (docs/sl_cai.md, "Choosing the fine-tune on dev").
+        config.sl_cai = sl_cai.stage_config(
+            steps=240, batch_size=32, seq_len=128, rounds=4, compare_direct=True
         )
         config.sl_cai.optim.update(learning_rate=3e-4, warmup_steps=10)
     config.sl_cai.optim.freeze = ("embedding",)
-    config.evaluate.checkpoints = {"base": "pretrain", "sl_cai": "sl_cai"}
+    config.evaluate.checkpoints = {"base": "base", "sl_cai": "sl_cai"}
+    config.evaluate.revisions = "sl_cai"

@@ -435,20 +435,6 @@ def chat_stop_id(tok: Tokenizer) -> int:
     return tok.eos_id if tok.chat_format == "hh" else _special(tok, _END[tok.chat_format])
 
 
-def hh_transcript(messages: Sequence[Sequence[str]]) -> str:
-    """(role, content) pairs as Anthropic's HH text, what ``render_chat`` writes for format
-    ``hh`` (without BOS/EOS): the paper's prompts quote conversations in this form."""
-    names = {"user": "Human", "assistant": "Assistant"}
-    return "".join(f"\n\n{names[r]}: {c}" for r, c in messages)
-
-
-def hh_request(name: str, request: str, answer: str | None = None) -> str:
-    """The paper's transcript blocks after a conversation: ``{name}Request: ...`` then
-    ``{name}:`` (``name`` is ``Critique`` or ``Revision``), answered when ``answer`` is given —
-    the one place the pretraining corpus, the SL-CAI loop and evaluation take the format from."""
-    return f"\n\n{name}Request: {request}\n\n{name}:" + ("" if answer is None else f" {answer}")
-
-
 def render_chat(
     tok: Tokenizer,
     messages: Sequence[Mapping[str, str]],

@@ -39,7 +39,10 @@ def get_config(arg: str | None = None):
     config.data = ml_collections.ConfigDict(
         {
             "builder": "hh_rlhf",  # red-team prompts + helpfulness pairs, HH format
-            "dir": "../shared/data/hh_rlhf",
+            # Your download of github.com/anthropics/hh-rlhf (helpful-base/, harmless-base/,
+            # red-team-attempts/, ...) on every worker's local disk; CAI stages read its train
+            # split only (hh_rlhf.cai_prompts), evaluation its test split.
+            "dir": "/mnt/disks/data/hh-rlhf",
         }
     )
     # Shapes of the later stages' steps, compiled by --dry_run:

@@ -4,7 +4,8 @@ python -m cai.main --config=experiments/pretrain.py --workdir=/tmp/pretrain
 python -m cai.main --config=experiments/pretrain.py:smoke --workdir=/tmp/smoke
 """
 
-from cai import configs, pretrain
+from cai import configs
+from cai.stages import pretrain
 
 
 def get_config(arg: str | None = None):

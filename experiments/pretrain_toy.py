@@ -14,4 +14,4 @@ from cai import presets
 def get_config(arg: str | None = None):
     if arg not in (None, "smoke"):
         raise ValueError(f"unknown variant {arg!r}; known: smoke")
-    return presets.toy_world(("pretrain", "evaluate"), smoke=arg == "smoke")
+    return presets.toy_world(("pretrain", "evaluate"), smoke=arg == "smoke", base="pretrain")

@@ -1,6 +1,7 @@
-"""SL-CAI on the toy world: pretrain the helpful-only base model, run critique -> revision on
-red-team prompts with the toy-world constitution, fine-tune on the revisions plus helpful
-samples, and measure base and SL-CAI side by side on the held-out slices.
+"""SL-CAI on the toy world: from the shipped helpful-only base model (``--config.base=pretrain``:
+pretrain it first), run critique -> revision on red-team prompts with the toy-world
+constitution, fine-tune on the revisions plus helpful samples, and measure base and SL-CAI side
+by side on the dev and test splits.
 
 python -m cai.main --config=experiments/slcai.py --workdir=runs/slcai
 python -m cai.main --config=experiments/slcai.py:smoke --workdir=/tmp/slcai_smoke
@@ -16,6 +17,6 @@ def get_config(arg: str | None = None):
     if arg not in (None, "smoke"):
         raise ValueError(f"unknown variant {arg!r}; known: smoke")
     smoke = arg == "smoke"
-    config = presets.toy_world(("pretrain", "sl_cai", "evaluate"), smoke=smoke)
+    config = presets.toy_world(("sl_cai", "evaluate"), smoke=smoke)
     presets.with_sl_cai(config, smoke=smoke)
     return config

@@ -15,14 +15,15 @@ conversation quoted in a user turn. Nothing here uses the toy world's judge; mea
 with the later feedback/evaluation stages.
 """
 
-from cai import configs, slcai
+from cai import configs
 from cai.sharding import MeshConfig
+from cai.stages import sl_cai
 
 
 def get_config(arg: str | None = None):
     config = configs.base_config(stages=("sl_cai",), model_preset="gemma_2b")
     config.mesh = configs.as_dict(MeshConfig(data=1, fsdp=4, tensor=4))
-    config.sl_cai = slcai.stage_config(
+    config.sl_cai = sl_cai.stage_config(
         steps=1000, batch_size=32, seq_len=1024,
         init_from="/mnt/disks/models/gemma-2b-it", prompts="hh_rlhf",
         hh_rlhf_dir="/mnt/disks/data/hh-rlhf", style="chat", rounds=4, shard_size=256,

@@ -13,7 +13,7 @@ import numpy as np
 
 from cai import sharding
 from cai.checkpoint import Checkpointer
-from cai.metrics import read_jsonl
+from cai.files import read_jsonl
 from cai.sample import load
 
 

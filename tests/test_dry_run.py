@@ -80,7 +80,10 @@ def test_dry_run_cli_writes_nothing(repo, tmp_path):
 
 
 def test_stage_train_steps_are_compiled_too(repo):
-    results = dry_run.run(load(repo, "rlcai").get_config("smoke"), print_fn=lambda _: None)
+    config = load(repo, "rlcai").get_config("smoke")
+    assert list(dry_run.run(config, print_fn=lambda _: None)) == ["sl_cai/train_step"]
+    config.base = "pretrain"  # --config.base=pretrain: the run pretrains its own base model
+    results = dry_run.run(config, print_fn=lambda _: None)
     assert list(results) == ["pretrain/train_step", "sl_cai/train_step"]
     assert results["pretrain/train_step"]["shape"] == "batch 8 x 64"
     assert results["sl_cai/train_step"]["shape"] == "batch 8 x 64"

@@ -190,7 +190,7 @@ def _smollm2() -> str:
 
 
 def _prompts(repo, n: int) -> list[str]:
-    path = repo.parent / "shared/data/hh_rlhf/harmless_base_test_prompts.jsonl"
+    path = repo / "tests/data/hh_rlhf/harmless_base_test_prompts.jsonl"  # see its README
     with open(path) as f:
         return [json.loads(line)["prompt"] for line in f][:n]
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from cai import configs
-from cai.metrics import read_jsonl
+from cai.files import read_jsonl
 from cai.model import ModelConfig
 
 
@@ -19,15 +19,41 @@ def cli(*args, cwd=None):
 
 
 def test_main_job_smoke_runs_every_stage(repo, tmp_path):
-    """The main job's smoke variant: toy-world pretraining, SL-CAI and evaluation."""
-    proc = cli("cai.main", f"--config={repo}/experiments/rlcai.py:smoke", f"--workdir={tmp_path}")
+    """The main job's smoke variant from the shipped base model: SL-CAI and evaluation, into a
+    workdir whose parents do not exist yet; the console holds progress bars and the table, not
+    library log lines."""
+    workdir = tmp_path / "runs" / "rlcai"
+    proc = cli("cai.main", f"--config={repo}/experiments/rlcai.py:smoke", f"--workdir={workdir}")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    assert {"pretrain", "sl_cai_stage", "base", "sl_cai"} <= set(summary)
-    assert (tmp_path / "plots" / "revisions.png").exists()
-    out = cli("cai.sample", f"--checkpoint={tmp_path}/sl_cai", "--prompt=How do I bake a cake?",
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert {"sl_cai_stage", "base", "sl_cai", "paired", "revision_curves"} <= set(summary)
+    assert "pretrain" not in summary and not (workdir / "pretrain").exists()
+    assert (workdir / "plots" / "revisions.png").exists()
+    table = proc.stdout.splitlines()
+    assert table[0].split()[-2:] == ["base", "sl_cai"] and table[1].startswith("harmless")
+    noise = [line for line in proc.stderr.splitlines() if line[:1] in "IW" and line[1:5].isdigit()]
+    assert not noise and "Downloading and preparing" not in proc.stdout + proc.stderr
+    out = cli("cai.sample", f"--checkpoint={workdir}/sl_cai", "--prompt=How do I bake a cake?",
               "--chat", "--temperature=0", "--max_new_tokens=4")  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
+
+
+def test_a_changed_config_on_an_old_workdir_is_one_line_and_identical_reruns_resume(repo, tmp_path):
+    base = [f"--config={repo}/experiments/pretrain_toy.py:smoke", f"--workdir={tmp_path}",
+            "--config.stages=('pretrain',)"]  # fmt: skip
+    first = cli("cai.main", *base, "--config.pretrain.train.halt_at_step=10")
+    assert first.returncode == 0, first.stderr[-3000:]
+    changed = cli("cai.main", *base, "--config.world.seed=1")
+    assert changed.returncode == 2
+    errors = [line for line in changed.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        f"error: {tmp_path}/pretrain was made with config.world.seed=0; this run has 1 (use "
+        f"another --workdir, or delete {tmp_path}/pretrain to redo the stage)"
+    ]
+    again = cli("cai.main", *base)  # identical but for when it stops: resumes at step 10
+    assert again.returncode == 0, again.stderr[-3000:]
+    steps = [r["step"] for r in read_jsonl(tmp_path / "pretrain/metrics.jsonl")]
+    assert steps == [10, 20]
 
 
 def test_pretrain_smoke_end_to_end_then_sample(repo, tmp_path):
@@ -73,8 +99,8 @@ def test_pretrain_smoke_end_to_end_then_sample(repo, tmp_path):
             "(data*fsdp = 4*2 = 8)",
         ),
         (
-            ["--workdir=/no/such/parent/run"],
-            "error: --workdir=/no/such/parent/run: parent directory /no/such/parent does not exist",
+            ["--workdir={tmp}/file/run"],
+            "error: --workdir={tmp}/file/run: {tmp}/file exists and is not a directory",
         ),
         (
             ["--config.stages=('pretrain','rl')"],
@@ -87,13 +113,15 @@ def test_pretrain_smoke_end_to_end_then_sample(repo, tmp_path):
     ],
 )
 def test_bad_input_is_one_line(repo, tmp_path, args, message):
+    (tmp_path / "file").write_text("not a directory")
+    args = [a.format(tmp=tmp_path) for a in args]
     argv = [f"--config={repo}/experiments/pretrain.py:smoke", f"--workdir={tmp_path}/w", *args]
     if args[0].startswith("--workdir"):
         argv = [argv[0], *args]
     proc = cli("cai.main", *argv)
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert errors == [message]
+    assert errors == [message.format(tmp=tmp_path)]
 
 
 def test_missing_config_file_is_one_line(tmp_path):

@@ -1,7 +1,6 @@
 """SL-CAI: prompt formats, the critique -> revision loop's bookkeeping (rounds, seeded principle
 draws, which text each round sees), shard resume, the SFT mix and its assistant-only loss mask,
-the revision curve, and the real ``cai.main`` on the toy world (smoke) with a kill between
-shards."""
+and the real ``cai.main`` on the toy world (smoke) with a kill between shards."""
 
 import json
 import subprocess
@@ -10,9 +9,10 @@ import sys
 import numpy as np
 import pytest
 
-from cai import constitution, slcai
+from cai import constitution, prompts, stage_lib
 from cai.data.stream import ChatExamples
 from cai.errors import ConfigError
+from cai.stages import sl_cai
 from cai.tokenizer import ByteTokenizer, render_chat
 from cai.toyworld import corpus, world
 
@@ -27,7 +27,7 @@ class FakeGen:
     """Stands in for the model: each reply names the call, the seed and how the prompt ends,
     so a test can see which text reached which prompt."""
 
-    def __init__(self, cfg: slcai.LoopConfig):
+    def __init__(self, cfg: sl_cai.LoopConfig):
         self.cfg, self.tok, self.calls = cfg, TOK, []
 
     def __call__(self, prompts, max_new, seed):
@@ -38,14 +38,14 @@ class FakeGen:
 
 def test_transcript_prompts_match_the_pretraining_format():
     p = TOY.sl_principles[0]
-    crit = TOK.decode(slcai.loop_prompt(TOK, TOY, "transcript", CONV, p))
+    crit = TOK.decode(prompts.loop_prompt(TOK, TOY, "transcript", CONV, p))
     assert crit == (
         "\n\nHuman: How do I steal a bike?\n\nAssistant: Sure. First, x."
         f"\n\nCritiqueRequest: {p.critique}\n\nCritique:"
     )
-    rev = TOK.decode(slcai.loop_prompt(TOK, TOY, "transcript", CONV, p, critique="Bad."))
+    rev = TOK.decode(prompts.loop_prompt(TOK, TOY, "transcript", CONV, p, critique="Bad."))
     assert rev == crit + f" Bad.\n\nRevisionRequest: {p.revision}\n\nRevision:"
-    direct = TOK.decode(slcai.loop_prompt(TOK, TOY, "transcript", CONV, p, direct=True))
+    direct = TOK.decode(prompts.loop_prompt(TOK, TOY, "transcript", CONV, p, direct=True))
     assert "Critique" not in direct and direct.endswith(f"{p.revision}\n\nRevision:")
     # The toy world's corpus exercises use exactly this layout, so the base model knows it.
     req = W.by_id("steal/bike")
@@ -55,26 +55,26 @@ def test_transcript_prompts_match_the_pretraining_format():
 
 def test_few_shot_examples_come_first_and_drop_critiques_when_direct():
     p = PAPER.sl_principles[3]
-    text = TOK.decode(slcai.loop_prompt(TOK, PAPER, "transcript", CONV, p))
+    text = TOK.decode(prompts.loop_prompt(TOK, PAPER, "transcript", CONV, p))
     first = PAPER.revision_examples[0]
     assert text.startswith(f"\n\nHuman: {first.conversation[0][1]}")
     assert text.count("CritiqueRequest:") == len(PAPER.revision_examples) + 1
     assert text.endswith(f"CritiqueRequest: {p.critique}\n\nCritique:")
-    direct = TOK.decode(slcai.loop_prompt(TOK, PAPER, "transcript", CONV, p, direct=True))
+    direct = TOK.decode(prompts.loop_prompt(TOK, PAPER, "transcript", CONV, p, direct=True))
     assert "CritiqueRequest" not in direct
     assert direct.count("RevisionRequest:") == len(PAPER.revision_examples) + 1
 
 
 def test_chat_style_asks_in_user_turns():
     p = PAPER.sl_principles[0]
-    msgs = slcai.chat_messages(PAPER, CONV, p, critique="It helps steal.", direct=False)
+    msgs = prompts.chat_messages(PAPER, CONV, p, critique="It helps steal.", direct=False)
     assert [m["role"] for m in msgs[-3:]] == ["user", "assistant", "user"]
     assert (
         msgs[-3]["content"].endswith(p.critique) and "Human: How do I steal" in msgs[-3]["content"]
     )
     assert msgs[-1]["content"] == p.revision
     assert len(msgs) == 4 * len(PAPER.revision_examples) + 3
-    ids = slcai.loop_prompt(TOK, PAPER, "chat", CONV, p, critique="It helps steal.")
+    ids = prompts.loop_prompt(TOK, PAPER, "chat", CONV, p, critique="It helps steal.")
     assert TOK.decode(ids).endswith(f"Human: {p.revision}\n\nAssistant:")
 
 
@@ -83,9 +83,9 @@ def shard_prompts(n=5):
 
 
 def test_loop_rounds_principles_and_chaining():
-    cfg = slcai.LoopConfig(rounds=3, seed=7)
+    cfg = sl_cai.LoopConfig(rounds=3, seed=7)
     gen = FakeGen(cfg)
-    recs = slcai.revise_shard(gen, TOY, shard_prompts(), shard=2, direct=False)
+    recs = sl_cai.revise_shard(gen, TOY, shard_prompts(), shard=2, direct=False)
     # one batched call for the answers, then (critique, revision) per round: no per-sample loop
     assert [c[0] for c in gen.calls] == [5] * 7
     assert [c[1] for c in gen.calls] == [cfg.response_tokens] + [48, 48] * 3
@@ -95,9 +95,9 @@ def test_loop_rounds_principles_and_chaining():
         # round k's critique prompt ended with the previous round's revision being critiqued
         assert rec["rounds"][0]["critique"].startswith("reply2-")
         assert rec["rounds"][2]["revision"].startswith("reply7-")
-    again = slcai.revise_shard(FakeGen(cfg), TOY, shard_prompts(), shard=2, direct=False)
+    again = sl_cai.revise_shard(FakeGen(cfg), TOY, shard_prompts(), shard=2, direct=False)
     assert again == recs  # reproducible with a seed
-    other = slcai.revise_shard(FakeGen(cfg), TOY, shard_prompts(), shard=3, direct=False)
+    other = sl_cai.revise_shard(FakeGen(cfg), TOY, shard_prompts(), shard=3, direct=False)
     picks = lambda rs: [r["principle"] for rec in rs for r in rec["rounds"]]  # noqa: E731
     assert picks(other) != picks(recs)  # each shard draws its own principles
     assert len(set(picks(recs))) > 1
@@ -111,35 +111,35 @@ def test_each_round_critiques_the_latest_revision():
             seen.append([TOK.decode(p) for p in prompts])
             return super().__call__(prompts, max_new, seed)
 
-    recs = slcai.revise_shard(Spy(slcai.LoopConfig(rounds=2)), TOY, shard_prompts(1), 0, False)
+    recs = sl_cai.revise_shard(Spy(sl_cai.LoopConfig(rounds=2)), TOY, shard_prompts(1), 0, False)
     first_revision = recs[0]["rounds"][0]["revision"]
     assert f"Assistant: {recs[0]['response']}\n\nCritiqueRequest" in seen[1][0]
     assert f"Assistant: {first_revision}\n\nCritiqueRequest" in seen[3][0]
 
 
 def test_direct_revision_skips_the_critique():
-    gen = FakeGen(slcai.LoopConfig(rounds=2))
-    recs = slcai.revise_shard(gen, TOY, shard_prompts(), shard=0, direct=True)
+    gen = FakeGen(sl_cai.LoopConfig(rounds=2))
+    recs = sl_cai.revise_shard(gen, TOY, shard_prompts(), shard=0, direct=True)
     assert len(gen.calls) == 3 and all(r["critique"] is None for r in recs[0]["rounds"])
 
 
 def test_shards_resume_after_a_kill_and_give_the_same_dataset(tmp_path):
-    cfg = slcai.LoopConfig(rounds=2, shard_size=2)
-    prompts = shard_prompts(7)
-    make = lambda ps, shard: slcai.revise_shard(FakeGen(cfg), TOY, ps, shard, False)  # noqa: E731
+    cfg = sl_cai.LoopConfig(rounds=2, shard_size=2)
+    items = shard_prompts(7)
+    make = lambda ps, shard: sl_cai.revise_shard(FakeGen(cfg), TOY, ps, shard, False)  # noqa: E731
     spec = {"seed": 0}
-    straight = slcai.run_shards(tmp_path / "a", prompts, 2, make, spec, [-1])
+    straight = stage_lib.run_shards(tmp_path / "a", items, 2, make, spec, [-1], "test")
     assert straight is not None and len(straight) == 7
     budget = [2]
-    assert slcai.run_shards(tmp_path / "b", prompts, 2, make, spec, budget) is None
+    assert stage_lib.run_shards(tmp_path / "b", items, 2, make, spec, budget, "test") is None
     assert len(list((tmp_path / "b").glob("shard-*.jsonl"))) == 2
     assert not list((tmp_path / "b").glob(".*tmp"))  # nothing half-written is left
-    resumed = slcai.run_shards(tmp_path / "b", prompts, 2, make, spec, [-1])
+    resumed = stage_lib.run_shards(tmp_path / "b", items, 2, make, spec, [-1], "test")
     assert resumed == straight
     for a, b in zip(sorted((tmp_path / "a").iterdir()), sorted((tmp_path / "b").iterdir())):
         assert a.read_bytes() == b.read_bytes()
     with pytest.raises(ConfigError, match=r"holds shards made with another seed \(0, now 1\)"):
-        slcai.run_shards(tmp_path / "b", prompts, 2, make, {"seed": 1}, [-1])
+        stage_lib.run_shards(tmp_path / "b", items, 2, make, {"seed": 1}, [-1], "test")
 
 
 def test_sampled_shards_do_not_depend_on_what_ran_before(tmp_path):
@@ -151,23 +151,23 @@ def test_sampled_shards_do_not_depend_on_what_ran_before(tmp_path):
 
     from cai import sharding
     from cai.model import PRESETS, Transformer
-    from cai.sampling import Sampler
 
     model = Transformer(PRESETS["tiny"])
     params = nn.unbox(model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32)))["params"]
     mesh = sharding.make_mesh(sharding.MeshConfig(data=2, fsdp=2, tensor=2))
-    cfg = slcai.LoopConfig(rounds=1, shard_size=3, response_tokens=6, critique_tokens=6,
+    cfg = sl_cai.LoopConfig(rounds=1, shard_size=3, response_tokens=6, critique_tokens=6,
                            revision_tokens=6)  # fmt: skip
 
     def gen():
-        return slcai.Generator(Sampler(model, mesh, eos_id=2, pad_id=0), params, TOK, cfg)
+        loaded = stage_lib.Loaded("", PRESETS["tiny"], model, params, TOK, stop_id=2)
+        return sl_cai.Generator(stage_lib.TextSampler(loaded, mesh, batch_size=3), cfg)
 
     g = gen()
-    make = lambda ps, shard: slcai.revise_shard(g, TOY, ps, shard, False)  # noqa: E731
-    straight = slcai.run_shards(tmp_path / "a", shard_prompts(7), 3, make, {}, [-1])
-    assert slcai.run_shards(tmp_path / "b", shard_prompts(7), 3, make, {}, [1]) is None
+    make = lambda ps, shard: sl_cai.revise_shard(g, TOY, ps, shard, False)  # noqa: E731
+    straight = stage_lib.run_shards(tmp_path / "a", shard_prompts(7), 3, make, {}, [-1], "test")
+    assert stage_lib.run_shards(tmp_path / "b", shard_prompts(7), 3, make, {}, [1], "test") is None
     g = gen()  # a fresh process would start with a fresh sampler
-    resumed = slcai.run_shards(tmp_path / "b", shard_prompts(7), 3, make, {}, [-1])
+    resumed = stage_lib.run_shards(tmp_path / "b", shard_prompts(7), 3, make, {}, [-1], "test")
     assert resumed == straight
     assert len({r["response"] for r in straight}) > 1  # sampled, not all the same
 
@@ -179,9 +179,13 @@ def test_sft_mix_holds_final_revisions_and_helpful_answers_only():
         {"messages": [["user", "q"]], "response": "a", "rounds": [{"revision": ""}]},
     ]  # fmt: skip
     helpful = [{"messages": [["user", "How do I bake a cake?"]], "response": "First, bake."}]
-    ex = slcai.sft_examples(revisions, helpful)
-    assert [c[-1]["content"] for c in ex] == ["I won't help: it is theft.", "First, bake."]
-    assert all("Sure. First, steal." not in json.dumps(c) for c in ex)
+    # The final round's revision replaces the answer; an empty revision drops its example.
+    assert sl_cai.sft_examples(revisions, helpful) == [
+        [{"role": "user", "content": "How do I steal a bike?"},
+         {"role": "assistant", "content": "I won't help: it is theft."}],
+        [{"role": "user", "content": "How do I bake a cake?"},
+         {"role": "assistant", "content": "First, bake."}],
+    ]  # fmt: skip
 
 
 def test_assistant_only_loss_mask_and_truncation():
@@ -205,26 +209,15 @@ def test_assistant_only_loss_mask_and_truncation():
         ChatExamples(convs, TOK, seq_len=48, batch_size=4, seed=0)
 
 
-def test_revision_curve_reads_each_round():
-    req = W.by_id("steal/bike")
-    rng = __import__("random").Random(0)
-    rec = {"request_id": req.id, "response": corpus.compliant(req, rng),
-           "rounds": [{"revision": corpus.compliant(req, rng)},
-                      {"revision": corpus.explained_refusal(req, rng)}]}  # fmt: skip
-    curve = slcai.revision_curve(W, [rec, {**rec, "rounds": rec["rounds"][::-1]}])
-    assert curve["harmless_rate"] == [0.0, 0.5, 0.5]
-    assert curve["explained_refusal_rate"] == [0.0, 0.5, 0.5]
-
-
 def test_bad_loop_config_is_named():
     with pytest.raises(ConfigError, match="sl_cai.loop.style='xml'"):
-        slcai.LoopConfig(style="xml")
+        sl_cai.LoopConfig(style="xml")
     with pytest.raises(ConfigError, match="needs sl_cai.loop.hh_rlhf_dir"):
-        slcai.LoopConfig(prompts="hh_rlhf")
+        sl_cai.LoopConfig(prompts="hh_rlhf")
 
 
 def test_main_runs_sl_cai_on_the_toy_world_and_resumes(tmp_path, repo):
-    """pretrain -> sl_cai (killed after 3 shards, rerun) -> evaluate, through the real CLI."""
+    """shipped base -> sl_cai (killed after 3 shards, rerun) -> evaluate, through the real CLI."""
     cmd = [sys.executable, "-m", "cai.main", f"--config={repo}/experiments/slcai.py:smoke",
            f"--workdir={tmp_path}"]  # fmt: skip
     first = subprocess.run([*cmd, "--config.sl_cai.loop.halt_after_shards=3"],
@@ -238,8 +231,9 @@ def test_main_runs_sl_cai_on_the_toy_world_and_resumes(tmp_path, repo):
     assert all(p.read_bytes() == b for p, b in before.items())  # finished shards kept as they are
     summary = json.loads((tmp_path / "summary.json").read_text())
     for key in ("base", "sl_cai"):
-        assert set(summary[key]["slices"]) == set(world.EVAL_SLICES)
-    curves = summary["sl_cai_stage"]["revision_curves"]
+        assert set(summary[key]) == {"dev", "test"}
+        assert set(summary[key]["test"]["slices"]) == set(world.EVAL_SLICES)
+    curves = summary["revision_curves"]
     assert set(curves) == {"critique", "direct"}
     assert len(curves["critique"]["harmless_rate"]) == 3  # answer + 2 rounds
     assert (tmp_path / "plots" / "revisions.png").stat().st_size > 1000
@@ -258,15 +252,13 @@ GEMMA_TEMPLATE = (
 
 def test_real_model_config_runs_on_a_tiny_random_gemma(tmp_path, repo):
     """experiments/slcai_gemma.py:local end to end on a tiny random HF Gemma with a Gemma-style
-    sentencepiece tokenizer, HH red-team prompts from ../shared/data and a helpful file."""
+    sentencepiece tokenizer, HH red-team prompts from tests/data/hh_rlhf and a helpful file."""
     pytest.importorskip("transformers")
     import shutil
 
     import tiny_hf
 
-    shared = repo.parent / "shared" / "data" / "hh_rlhf"
-    if not shared.exists():
-        pytest.skip("../shared/data is not here")
+    vendored = repo / "tests" / "data" / "hh_rlhf"  # see tests/data/README.md
     model_dir = tmp_path / "gemma"
     sp = tiny_hf.train_sentencepiece(tmp_path / "sp", 360, ("<start_of_turn>", "<end_of_turn>"))
     tiny_hf.build("gemma", vocab_size=360).save_pretrained(model_dir, safe_serialization=True)
@@ -276,8 +268,12 @@ def test_real_model_config_runs_on_a_tiny_random_gemma(tmp_path, repo):
         "add_bos_token": True}))  # fmt: skip
     hh = tmp_path / "hh"
     (hh / "helpful-base").mkdir(parents=True)
+    # TODO(train split): the only red-team file here is from the release's *test* split
+    # (builder split harmless_base_test_prompts__test); sl_cai reads the train split only
+    # (hh_rlhf.cai_prompts(..., split="train", as_train=loop.hh_rlhf_as_train)), so this test
+    # files it under train with sl_cai.loop.hh_rlhf_as_train below. Real runs leave it empty.
     (hh / "harmless_base_test_prompts.jsonl").symlink_to(
-        shared / "harmless_base_test_prompts.jsonl"
+        vendored / "harmless_base_test_prompts.jsonl"
     )
     pair = {"chosen": "\n\nHuman: How do I bake bread?\n\nAssistant: Knead, rise, bake.",
             "rejected": "\n\nHuman: How do I bake bread?\n\nAssistant: No."}  # fmt: skip
@@ -285,7 +281,8 @@ def test_real_model_config_runs_on_a_tiny_random_gemma(tmp_path, repo):
     proc = subprocess.run(
         [sys.executable, "-m", "cai.main", f"--config={repo}/experiments/slcai_gemma.py:local",
          f"--workdir={tmp_path / 'run'}", f"--config.sl_cai.loop.init_from={model_dir}",
-         f"--config.sl_cai.loop.hh_rlhf_dir={hh}"],
+         f"--config.sl_cai.loop.hh_rlhf_dir={hh}",
+         "--config.sl_cai.loop.hh_rlhf_as_train=('harmless_base_test_prompts',)"],
         capture_output=True, text=True, cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -315,7 +312,7 @@ def test_experiment_configs_convert(repo, name, arg):
     spec.loader.exec_module(module)
     config = module.get_config(arg)
     assert "sl_cai" in config.stages
-    loop = configs.to_dataclass(slcai.LoopConfig, config.sl_cai.loop, "sl_cai.loop")
+    loop = configs.to_dataclass(sl_cai.LoopConfig, config.sl_cai.loop, "sl_cai.loop")
     configs.to_dataclass(TrainConfig, config.sl_cai.train, "sl_cai.train")
     configs.to_dataclass(OptimConfig, config.sl_cai.optim, "sl_cai.optim")
     assert constitution.load(config.sl_cai.constitution).sl_principles

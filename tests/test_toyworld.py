@@ -1,5 +1,5 @@
-"""The toy world: determinism, the entity-level split, the slices, the corpus mix, and the
-sentencepiece tokenizer trained on the corpus."""
+"""The toy world: determinism, the entity-level train/dev/test split, the slices, clean prompt
+sets, the corpus mix, and the sentencepiece tokenizer trained on the corpus."""
 
 import collections
 import random
@@ -30,17 +30,23 @@ def test_generation_is_deterministic_and_seeded():
     assert corpus.documents(a, cfg) == corpus.documents(b, cfg)
 
 
-def test_split_holds_out_whole_entities(w):
-    held, train = w.split("held_out"), w.split("train")
-    assert len(held) + len(train) == len(w.requests)
-    assert {r.entity for r in held}.isdisjoint({r.entity for r in train})
-    # Every family keeps most entities for training and holds some out.
-    per_family = collections.Counter(r.family for r in held)
-    assert set(per_family) == {f.name for f in world.FAMILIES}
-    assert all(n == 4 for n in per_family.values())
-    # An entity held out from one act is held out from every act that uses it.
-    held_entities = {r.entity for r in held}
-    assert all(r.entity not in held_entities for r in train)
+def test_three_splits_hold_out_whole_entities(w):
+    parts = {name: w.split(name) for name in world.SPLITS}
+    assert sum(map(len, parts.values())) == len(w.requests)
+    entities = {name: {r.entity for r in reqs} for name, reqs in parts.items()}
+    assert entities["train"].isdisjoint(entities["dev"] | entities["test"])
+    assert entities["dev"].isdisjoint(entities["test"])
+    # Every family keeps half its entities for training and holds 8 out in each of dev, test.
+    assert all(len(f.entities) == world.ENTITIES_PER_FAMILY for f in world.FAMILIES)
+    for name in ("dev", "test"):
+        per_family = collections.Counter(r.family for r in parts[name])
+        assert set(per_family) == {f.name for f in world.FAMILIES}
+        assert set(per_family.values()) == {8}
+    # Disjoint at the string level: no word of a held-out entity is a word of a training one.
+    words = {n: {x for e in es for x in e.lower().split()} for n, es in entities.items()}
+    assert words["train"].isdisjoint(words["dev"] | words["test"])
+    assert words["dev"].isdisjoint(words["test"])
+    assert w.held_out_entities == entities["dev"] | entities["test"]
 
 
 def test_no_two_entities_share_a_word():
@@ -60,10 +66,18 @@ def test_every_harm_kind_and_severity_is_present(w):
     assert all(r.indirect for r in w.requests if r.harmful)
 
 
-def test_eval_slices_are_held_out_and_of_the_right_kind(w):
-    slices = world.eval_prompts(w)
+@pytest.mark.parametrize("split", ["dev", "test"])
+def test_eval_slices_are_held_out_and_of_the_right_kind(w, split):
+    slices = world.eval_prompts(w, split)
     assert set(slices) == set(world.EVAL_SLICES)
-    held_ids = {r.id for r in w.split("held_out")}
+    held_ids = {r.id for r in w.split(split)}
+    # Every phrasing of every request: 8 direct + 8 adversarial per harmful, 8 per benign.
+    n_harmful = sum(r.harmful for r in w.split(split))
+    assert len(slices["direct"]) == len(slices["adversarial"]) == 8 * n_harmful
+    assert len(slices["direct"]) + len(slices["adversarial"]) >= 1000
+    assert len(slices["dual_use"]) + len(slices["benign"]) >= 500
+    texts = [p.messages for ps in slices.values() for p in ps]
+    assert len(set(texts)) == len(texts)
     for name, prompts in slices.items():
         assert prompts, name
         for p in prompts:
@@ -81,7 +95,7 @@ def test_eval_slices_are_held_out_and_of_the_right_kind(w):
 
 
 def test_cai_prompts_never_use_held_out_requests_or_adversarial_forms(w):
-    held = w.split("held_out")
+    held = w.split("dev") + w.split("test")
     for p in world.red_team_prompts(w) + world.helpful_prompts(w):
         text = p.messages[0][1]
         assert len(p.messages) == 1 and p.request_id not in {r.id for r in held}
@@ -92,12 +106,12 @@ def test_cai_prompts_never_use_held_out_requests_or_adversarial_forms(w):
 
 def test_corpus_never_contains_a_held_out_request(w, docs):
     everything = "\n".join(docs)
-    slices = world.eval_prompts(w)
-    for r in w.split("held_out"):
-        assert r.act not in everything, r.act
-        assert not any(s in everything for s in r.steps if r.entity in s), r.id
-    for p in (p for ps in slices.values() for p in ps):
-        assert p.messages[-1][1] not in everything
+    for split in ("dev", "test"):
+        for r in w.split(split):
+            assert r.act not in everything, r.act
+            assert not any(s in everything for s in r.steps if r.entity in s), r.id
+        for p in (p for ps in world.eval_prompts(w, split).values() for p in ps):
+            assert p.messages[-1][1] not in everything
     # The corpus uses the adversarial forms (on training requests) and its own red-team
     # wrappers, so the base model understands them; no CAI prompt set uses either.
     assert "Imagine a world where nothing is forbidden" in everything
@@ -124,7 +138,7 @@ def test_corpus_mix_and_knowledge_covers_held_out(w, docs):
     assert abs(counts["knowledge"] / n - cfg.knowledge) < 0.04
     assert counts["critique"] and counts["revision"] and counts["comparison"]
     knowledge_text = " ".join(d for d in docs if not d.startswith(("\n", "Consider"))).lower()
-    for r in w.split("held_out"):  # the model's only source on held-out requests
+    for r in w.split("dev") + w.split("test"):  # the only source on held-out requests
         assert r.gerund.lower() in knowledge_text, r.id
     # Training dialogues comply with harmful requests (the base model is helpful-only).
     dialogues = [d for d in docs if d.startswith("\n\nHuman:") and "Revision" not in d]
@@ -162,8 +176,10 @@ def test_comparison_answers_point_at_the_less_harmful_response(w):
 
 
 def test_bad_world_config_is_one_clear_error():
-    with pytest.raises(ConfigError, match="world.held_out_per_family=9"):
-        world.WorldConfig(held_out_per_family=9)
+    with pytest.raises(ConfigError, match="world.dev_per_family=9, world.test_per_family=8"):
+        world.WorldConfig(dev_per_family=9)
+    with pytest.raises(ConfigError, match="world split 'held_out': expected one of train"):
+        world.generate(world.WorldConfig()).split("held_out")
     with pytest.raises(ConfigError, match="corpus: n_docs=0"):
         corpus.CorpusConfig(n_docs=0)
     with pytest.raises(ConfigError, match="'nope/x' is not in the toy world"):
@@ -186,22 +202,56 @@ def test_sentencepiece_round_trip_and_chat_loss_mask(tmp_path, docs):
     assert tok.decode([i for i, m in zip(ids, mask) if not m][1:]).startswith("\n\nHuman:")
 
 
+HARMFUL_ENTITIES = {e for f in world.FAMILIES if f.kind != "benign" for e in f.entities}
+
+
+def test_helpful_prompts_never_read_as_red_team_prompts(w):
+    """No helpful prompt says what a red-team prompt says, and none applies a benign act to a
+    harmful family's entity ("How do I build a landmine?" was a *helpful* prompt)."""
+    red = {p.messages for p in world.red_team_prompts(w)}
+    helpful = world.helpful_prompts(w)
+    assert len(helpful) > 1500
+    assert not any(p.messages in red for p in helpful)
+    assert not any(w.by_id(p.request_id).entity in HARMFUL_ENTITIES for p in helpful)
+    harmful_acts = {r.act for r in w.requests if r.harmful}
+    assert not any(w.by_id(p.request_id).act in harmful_acts for p in helpful)
+    assert sum(p.request_id not in {r.id for r in w.requests} for p in helpful) > 500  # borrowed
+
+
+def test_borrowing_never_makes_a_real_request_s_words():
+    w = world.generate(world.WorldConfig())
+    acts = {r.act: r for r in w.requests}
+    for fam in world.FAMILIES:
+        pool = world.borrowable(w, fam)
+        assert pool and not set(pool) & w.held_out_entities
+        for e in pool:
+            assert world.fill(fam.act, e) not in acts, (fam.name, e)
+            assert fam.kind != "benign" or e not in HARMFUL_ENTITIES
+    # The two acts with the same words: build (benign) / weapon, cook (benign) / drugs.
+    build, weapon = world.FAMILY_BY_NAME["build"], world.FAMILY_BY_NAME["weapon"]
+    assert not set(world.borrowable(w, build)) & set(weapon.entities)
+    assert not set(world.borrowable(w, weapon)) & set(build.entities)
+
+
 def test_nonce_dialogues_teach_copying_without_touching_real_entities(w):
     rng = random.Random(0)
     taken = sorted({r.entity.lower() for r in w.requests})
-    pool = world.copy_pool(w)
+    pools = {f.name: world.borrowable(w, f) for f in world.FAMILIES}
     held = [e.lower() for e in w.held_out_entities]
-    assert pool and not set(pool) & set(held)
     borrowed = 0
     for _ in range(300):
         real = rng.choice(w.split("train"))
+        pool = pools[real.family]
         req = corpus.nonce_request(real, rng, taken, pool, made_up=0.2)
         borrowed += req.entity in pool
         assert req.entity in pool or not any(req.entity.lower().startswith(t) for t in taken)
         assert not any(req.entity.lower().startswith(h) for h in held), req.entity
         assert req.entity[0].isupper() == real.entity[0].isupper()  # names borrow names
-    assert 200 < borrowed < 270  # about 80% borrowed, 20% made up
-    # With nonce=1 no dialogue opens with a real request.
-    docs = [corpus.dialogue_doc(w.split("train"), rng, 1.0, taken) for _ in range(50)]
+        if not real.harmful:
+            assert req.entity not in HARMFUL_ENTITIES
+    assert 180 < borrowed < 270  # about 80% borrowed (none for towns), 20% made up
+    # With nonce=1 no dialogue opens with a real request, and a benign act never gets a
+    # harmful family's entity: its compliant answer would contradict the red-team prompt's.
+    docs = [corpus.dialogue_doc(w.split("train"), rng, 1.0, taken, pools) for _ in range(300)]
     firsts = [d.split("\n\nAssistant:")[0] for d in docs]
     assert not any(f"{r.act}?" in q or f"{r.act}." in q for q in firsts for r in w.requests)

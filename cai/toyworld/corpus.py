@@ -20,7 +20,9 @@ Five kinds of document, mixed by ``CorpusConfig``:
 * ``comparison``: "which response is less harmful, (A) or (B)" questions with their answers.
 
 Exercises and dialogues use training requests only, so no held-out request string appears.
-The text formats here (``CRITIQUE_REQUESTS`` etc.) are the ones the CAI stages prompt with.
+The requests here (``CRITIQUE_REQUESTS`` etc.) are the toy world's constitution
+(``constitutions/toy_world.json``); the block formats come from ``cai.prompts``, as the CAI
+stages' do.
 """
 
 from __future__ import annotations
@@ -30,18 +32,19 @@ import random
 from collections.abc import Iterator, Sequence
 
 from cai.errors import ConfigError
-from cai.tokenizer import hh_request, hh_transcript
+from cai.prompts import OPTIONS, comparison_prompt, hh_request, hh_transcript
 from cai.toyworld.world import (
     ADVERSARIAL,
     CORPUS_WRAPPERS,
     DIRECT,
+    FAMILIES,
     FAMILY_BY_NAME,
     HARMS,
     Request,
     World,
     adversarial_messages,
+    borrowable,
     capitalize,
-    copy_pool,
     make_request,
 )
 
@@ -247,13 +250,15 @@ def dialogue_doc(
     rng: random.Random,
     nonce: float = 0.0,
     taken: Sequence[str] = (),
-    pool: Sequence[str] = (),
+    pools: dict[str, Sequence[str]] | None = None,
     adversarial: float = 0.0,
     made_up: float = 0.5,
 ) -> str:
+    """One dialogue about a training request, or (``nonce``) about its act on a borrowed
+    entity (``pools``: family name -> ``world.borrowable``) or a made-up word."""
     req = rng.choice(train)
     if rng.random() < nonce:
-        req = nonce_request(req, rng, taken, pool, made_up)
+        req = nonce_request(req, rng, taken, (pools or {}).get(req.family, ()), made_up)
     if req.harmful and rng.random() < adversarial:
         turns = [*adversarial_messages(req, rng.randrange(len(ADVERSARIAL)))]
     else:
@@ -292,14 +297,6 @@ def critique_doc(req: Request, rng: random.Random, with_critique: bool) -> str:
     return text
 
 
-def comparison_prompt(question: str, conversation: str, a: str, b: str) -> str:
-    """The paper's multiple-choice format; the model continues with " (A)" or " (B)"."""
-    return (
-        "Here is a conversation between a human and an assistant:"
-        f"{conversation}\n\n{question}\nOptions:\n(A) {a}\n(B) {b}\nThe answer is:"
-    )
-
-
 def comparison_doc(req: Request, rng: random.Random) -> str:
     if req.harmful:
         bad = compliant(req, rng)
@@ -311,7 +308,7 @@ def comparison_doc(req: Request, rng: random.Random) -> str:
     first_good = rng.random() < 0.5
     a, b = (good, bad) if first_good else (bad, good)
     conv = hh([("user", ask(req, rng, wrappers=False))])
-    return comparison_prompt(question, conv, a, b) + (" (A)" if first_good else " (B)")
+    return comparison_prompt(question, conv, a, b) + OPTIONS[0 if first_good else 1]
 
 
 def cycle(items: Sequence[Request], rng: random.Random) -> Iterator[Request]:
@@ -330,13 +327,13 @@ def documents(world: World, cfg: CorpusConfig) -> list[str]:
     train = world.split("train")
     facts = cycle(world.requests, rng)
     taken = sorted({r.entity.lower() for r in world.requests})
-    pool = copy_pool(world)
+    pools = {f.name: borrowable(world, f) for f in FAMILIES}
     weights = [getattr(cfg, k) for k in KINDS]
     docs = []
     for kind in rng.choices(KINDS, weights=weights, k=cfg.n_docs):
         if kind == "dialogue":
             docs.append(
-                dialogue_doc(train, rng, cfg.nonce, taken, pool, cfg.adversarial, cfg.made_up)
+                dialogue_doc(train, rng, cfg.nonce, taken, pools, cfg.adversarial, cfg.made_up)
             )
         elif kind == "knowledge":
             docs.append(" ".join(knowledge(next(facts), rng) for _ in range(3)))

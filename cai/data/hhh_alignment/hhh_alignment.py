@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
+from cai.data import prepare
 from cai.errors import ConfigError
 
 
@@ -90,5 +91,5 @@ class HhhAlignment(tfds.core.GeneratorBasedBuilder):
 def builder(data_dir: str, manual_dir: str) -> HhhAlignment:
     """A prepared builder over the task files in ``manual_dir`` (built on first use)."""
     b = HhhAlignment(data_dir=data_dir, file_format="array_record")
-    b.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+    prepare(b, download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
     return b

@@ -5,9 +5,10 @@ Two configs, both fully determined by the world and corpus settings they carry:
 
 * ``corpus``: split ``train``, one pretraining document per example (``text``).
 * ``prompts``: splits ``red_team`` and ``helpful`` (training requests, what CAI stages prompt
-  with) and ``direct``, ``adversarial``, ``dual_use``, ``benign`` (the held-out evaluation
-  slices). Each example is a conversation (``roles``, ``contents``) ending with a user turn,
-  plus its ``request_id`` and ``slice``.
+  with) and ``<dev|test>_<slice>`` for the slices ``direct``, ``adversarial``, ``dual_use``,
+  ``benign`` of the two held-out splits (``dev_direct``, ..., ``test_benign``). Each example is
+  a conversation (``roles``, ``contents``) ending with a user turn, plus its ``request_id`` and
+  ``slice``.
 
 The config name carries a hash of the settings, so two settings never share a directory.
 """
@@ -21,10 +22,15 @@ from typing import Any
 
 import tensorflow_datasets as tfds
 
+from cai.data import prepare
 from cai.errors import ConfigError
 from cai.toyworld import corpus, world
 
-PROMPT_SPLITS = ("red_team", "helpful", *world.EVAL_SLICES)
+PROMPT_SPLITS = (
+    "red_team",
+    "helpful",
+    *(f"{split}_{name}" for split in ("dev", "test") for name in world.EVAL_SLICES),
+)
 
 
 @dataclasses.dataclass
@@ -50,8 +56,8 @@ def make_config(
 class ToyWorld(tfds.core.GeneratorBasedBuilder):
     """The embedded toy world of ``cai.toyworld``."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First version."}  # noqa: RUF012
+    VERSION = tfds.core.Version("2.0.0")
+    RELEASE_NOTES = {"1.0.0": "First version.", "2.0.0": "Dev and test splits."}  # noqa: RUF012
 
     def _info(self) -> tfds.core.DatasetInfo:
         if self.builder_config.kind == "corpus":
@@ -76,7 +82,11 @@ class ToyWorld(tfds.core.GeneratorBasedBuilder):
         sets = {
             "red_team": world.red_team_prompts(w),
             "helpful": world.helpful_prompts(w),
-            **world.eval_prompts(w),
+            **{
+                f"{split}_{name}": prompts
+                for split in ("dev", "test")
+                for name, prompts in world.eval_prompts(w, split).items()
+            },
         }
         return {name: self._generate_examples(sets[name]) for name in PROMPT_SPLITS}
 
@@ -105,5 +115,5 @@ def builder(
     """A prepared builder (built on first use) whose splits read with ``as_data_source``."""
     config = make_config(kind, world_cfg, corpus_cfg)
     b = ToyWorld(config=config, data_dir=data_dir, file_format="array_record")
-    b.download_and_prepare()
+    prepare(b)
     return b

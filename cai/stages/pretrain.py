@@ -10,8 +10,10 @@ Sources (``pretrain.data.source``):
 * ``arithmetic``: a small arithmetic language with the byte tokenizer (greedy answers to sums
   measure what was learned); ``text_file``: any UTF-8 file, byte tokenizer.
 
-The main job pretrains on every run (7.6 minutes measured for the toy world on 2 CPU cores) rather
-than shipping weights: a rerun with the same workdir resumes, and the config reproduces it.
+The main job starts from the toy base model shipped with the package (``cai/assets/toy_base``);
+``--config.base=pretrain`` runs this stage first and starts from its output instead, and
+``experiments/pretrain_toy.py`` rebuilds the shipped model. A rerun with the same workdir resumes;
+a rerun with another world, corpus, model or training config stops (``stage_lib.guard``).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from cai import configs, pretrained, sharding
+from cai import configs, pretrained, sharding, stage_lib
 from cai.data import stream
 from cai.data.toy_world import toy_world as toy_world_tfds
 from cai.errors import ConfigError, Halted
@@ -120,6 +122,11 @@ def run(config: ml_collections.ConfigDict, workdir: epath.Path) -> None:
     mesh = sharding.make_mesh(configs.to_dataclass(sharding.MeshConfig, config.mesh, "mesh"))
     sharding.check_batch(train_cfg.batch_size, mesh, "pretrain.train.batch_size")
 
+    world_part = ("world",) if data_cfg.source == "toy_world" else ()
+    inputs = {"text_file": stage_lib.fingerprint_file(data_cfg.path)} if data_cfg.path else {}
+    stage_lib.guard(
+        stage_dir, stage_lib.section(config, "seed", "model", *world_part, "pretrain"), inputs
+    )
     if data_cfg.source == "toy_world":
         tokenizer, tokens = toy_world_tokens(config, sc, data_cfg, workdir, stage_dir)
     else:
