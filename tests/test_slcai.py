@@ -217,9 +217,10 @@ def test_bad_loop_config_is_named():
 
 
 def test_main_runs_sl_cai_on_the_toy_world_and_resumes(tmp_path, repo):
-    """shipped base -> sl_cai (killed after 3 shards, rerun) -> evaluate, through the real CLI."""
+    """--config.base=pretrain: pretrain -> sl_cai (killed after 3 shards, rerun) -> evaluate,
+    through the real CLI (the main job's own test covers the shipped base model)."""
     cmd = [sys.executable, "-m", "cai.main", f"--config={repo}/experiments/slcai.py:smoke",
-           f"--workdir={tmp_path}"]  # fmt: skip
+           f"--workdir={tmp_path}", "--config.base=pretrain"]  # fmt: skip
     first = subprocess.run([*cmd, "--config.sl_cai.loop.halt_after_shards=3"],
                            capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
     assert first.returncode == 0, first.stderr[-3000:]
@@ -230,6 +231,8 @@ def test_main_runs_sl_cai_on_the_toy_world_and_resumes(tmp_path, repo):
     assert second.returncode == 0, second.stderr[-3000:]
     assert all(p.read_bytes() == b for p, b in before.items())  # finished shards kept as they are
     summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["pretrain"]["steps"] == 20  # the run's own base model
+    assert summary["sl_cai_stage"]["steps"] == 6
     for key in ("base", "sl_cai"):
         assert set(summary[key]) == {"dev", "test"}
         assert set(summary[key]["test"]["slices"]) == set(world.EVAL_SLICES)
