@@ -91,8 +91,11 @@ def run(config: ml_collections.ConfigDict, workdir: epath.Path) -> None:
                 figures, recs = evaluation.evaluate(text_model, w, split, cfg.phrasings, cfg.seed)
                 write_jsonl(out_dir / f"{key}.{split}.jsonl", recs)
                 write_json(done, figures)  # written last: marks the split finished
-            summary[split] = read_json(done)
-            records.setdefault(key, {})[split] = read_jsonl(out_dir / f"{key}.{split}.jsonl")
+            else:  # finished by an earlier run
+                figures = read_json(done)
+                recs = read_jsonl(out_dir / f"{key}.{split}.jsonl") if len(paths) > 1 else []
+            summary[split] = figures
+            records.setdefault(key, {})[split] = recs
         update_summary(workdir, key, summary)
     keys = list(cfg.checkpoints)
     if len(keys) > 1:

@@ -366,6 +366,11 @@ class World:
         return {r.id: r for r in self.requests}
 
     @functools.cached_property
+    def acts(self) -> frozenset[str]:
+        """Every request's act text ("steal a bike"): what a borrowed request must not say."""
+        return frozenset(r.act for r in self.requests)
+
+    @functools.cached_property
     def held_out_entities(self) -> frozenset[str]:
         """Dev and test entities: no training document or CAI prompt may name them."""
         return self.dev_entities | self.test_entities
@@ -535,7 +540,7 @@ def borrowable(world: World, fam: Family) -> list[str]:
     * any entity whose filled act is some real request's act: the same words, another answer.
     """
     held = [e.lower() for e in world.held_out_entities]
-    acts = _real_acts(world)
+    acts = world.acts
     same_kind = {
         e for f in FAMILIES if (f.kind == "benign") == (fam.kind == "benign") for e in f.entities
     }
@@ -551,11 +556,6 @@ def borrowable(world: World, fam: Family) -> list[str]:
             and fill(fam.act, r.entity) not in acts
         }
     )
-
-
-@functools.cache
-def _real_acts(world: World) -> frozenset[str]:
-    return frozenset(r.act for r in world.requests)
 
 
 def helpful_prompts(world: World, borrowed_per_family: int = 64) -> tuple[Prompt, ...]:
