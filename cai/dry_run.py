@@ -5,7 +5,9 @@ Parameters and optimizer state exist only as ``jax.eval_shape`` structures with 
 so a config for a pod can be checked on a laptop with fake devices
 (``XLA_FLAGS=--xla_force_host_platform_device_count=N``) before the pod is rented. Compiled steps:
 
-* the train step of every stage in ``config.stages`` that has ``train`` and ``optim`` sections;
+* the train step of every stage in ``config.stages`` that has ``train`` and ``optim`` sections
+  (with the preference-model loss on a scalar-head model, and ``train.batch_size`` pairs of
+  rows, for a stage whose section also has a ``pm`` part);
 * from the optional ``config.dry_run`` section (``DryRunConfig``): a fine-tuning train step
   (SL-CAI / preference model shapes), ``generate`` (critiques, revisions, PPO rollouts) and
   ``score`` (feedback-model log-probs) at the shapes the later stages will use.
@@ -28,6 +30,7 @@ from jax.sharding import Mesh
 
 from cai import configs, pretrained, sharding
 from cai.model import ModelConfig, Transformer
+from cai.preference_model import pm_loss
 from cai.sampling import SamplingConfig, generate, score
 from cai.train_lib import (
     OptimConfig,
@@ -140,6 +143,16 @@ def _lm_batch(batch: int, seq: int) -> dict[str, tuple[tuple[int, ...], Any]]:
     }
 
 
+def _pm_batch(pairs: int, seq: int) -> dict[str, tuple[tuple[int, ...], Any]]:
+    """A preference-model batch: A rows then B rows, a soft label and a weight per pair."""
+    return {
+        "tokens": ((2 * pairs, seq), jnp.int32),
+        "mask": ((2 * pairs, seq), jnp.bool_),
+        "p": ((pairs,), jnp.float32),
+        "weight": ((pairs,), jnp.float32),
+    }
+
+
 def steps_of(config: ml_collections.ConfigDict) -> list[tuple[str, dict[str, Any]]]:
     """(name, what to compile) for every step the config runs, in order."""
     out = []
@@ -148,7 +161,10 @@ def steps_of(config: ml_collections.ConfigDict) -> list[tuple[str, dict[str, Any
         if section is not None and "train" in section and "optim" in section:
             tc = configs.to_dataclass(TrainConfig, section.train, f"{stage}.train")
             oc = configs.to_dataclass(OptimConfig, section.optim, f"{stage}.optim")
-            out.append((f"{stage}/train_step", {"train": (tc.batch_size, tc.seq_len, oc, tc)}))
+            what = {"train": (tc.batch_size, tc.seq_len, oc, tc)}
+            if "pm" in section:  # a preference model: scalar head, pairwise loss
+                what["pm"] = True
+            out.append((f"{stage}/train_step", what))
     if "dry_run" in config:
         d = configs.to_dataclass(DryRunConfig, config.dry_run, "dry_run")
         tc = TrainConfig(batch_size=d.train_batch_size, seq_len=d.train_seq_len)
@@ -188,10 +204,16 @@ def run(config: ml_collections.ConfigDict, print_fn: Any = print) -> dict[str, d
     for name, what in steps:
         if "train" in what:
             batch, seq, oc, tc = what["train"]
-            compiled = compile_train_step(
-                model, make_optimizer(oc, tc.steps), mesh, _lm_batch(batch, seq)
-            )
-            shape = f"batch {batch} x {seq}"
+            if what.get("pm"):
+                pm_model = Transformer(dataclasses.replace(model_cfg, scalar_head=True))
+                args = (pm_model, make_optimizer(oc, tc.steps), mesh, _pm_batch(batch, seq))
+                compiled = compile_train_step(*args, loss_fn=pm_loss)
+                shape = f"{batch} pairs x 2 x {seq}"
+            else:
+                compiled = compile_train_step(
+                    model, make_optimizer(oc, tc.steps), mesh, _lm_batch(batch, seq)
+                )
+                shape = f"batch {batch} x {seq}"
         elif "generate" in what:
             batch, prompt, new = what["generate"]
             compiled = compile_generate(model, mesh, batch, prompt, new)
@@ -203,11 +225,12 @@ def run(config: ml_collections.ConfigDict, print_fn: Any = print) -> dict[str, d
         results[name] = {"shape": shape, **memory(compiled)}
     gib = lambda n: f"{n / 2**30:8.2f}"  # noqa: E731
     print_fn("per-device memory (GiB): step | shape | arguments | outputs | temps | total")
+    width = max([22, *map(len, results)])  # "preference_model/train_step" is 27
     for name, m in results.items():
         if "total" in m:
             print_fn(
-                f"  {name:22s} | {m['shape']:32s} | {gib(m['argument'])} | {gib(m['output'])} | "
-                f"{gib(m['temp'])} | {gib(m['total'])}"
+                f"  {name:{width}s} | {m['shape']:32s} | {gib(m['argument'])} | "
+                f"{gib(m['output'])} | {gib(m['temp'])} | {gib(m['total'])}"
             )
     if devices[0].platform == "cpu":
         print_fn(

@@ -8,6 +8,7 @@ asks for them: the console shows one progress bar per stage step and the results
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import jax
@@ -19,11 +20,17 @@ from ml_collections import config_flags
 from cai import configs, dry_run
 from cai.cli import fail, one_line, parse_flags, quiet_libraries
 from cai.errors import ConfigError, Halted
-from cai.stages import evaluate, pretrain, sl_cai
+from cai.stages import evaluate, feedback, human_feedback, pairs, preference_model, pretrain, sl_cai
 
 STAGES = {
     "pretrain": pretrain.run,
     "sl_cai": sl_cai.run,
+    "pairs": pairs.run,
+    "feedback": feedback.run,
+    "human_feedback": human_feedback.run,
+    "preference_model": preference_model.run,
+    # The HH-RLHF-style baseline: the same stage with its own section and directory.
+    "pm_human": functools.partial(preference_model.run, name="pm_human"),
     "evaluate": evaluate.run,
 }
 

@@ -151,11 +151,51 @@ def score(
     P = prompts.shape[1]
     tokens = jnp.concatenate([prompts, continuations], axis=1)
     mask = jnp.concatenate([prompt_mask, continuation_mask], axis=1)
-    logits = model.apply({"params": params}, tokens, mask).logits  # [B, P+C, V]
-    logp = jax.nn.log_softmax(logits[:, P - 1 : -1], axis=-1)  # predicts continuation tokens
+    # Logits only where they predict a continuation token: [B, C, V], not [B, P + C, V]
+    # (a long few-shot prompt and a 3-token answer would otherwise spend most of the pass, and
+    # its memory, on logits nobody reads).
+    hidden = model.apply({"params": params}, tokens, mask, compute_logits=False).hidden
+    logits = model.apply({"params": params}, hidden[:, P - 1 : -1], method=Transformer.project)
+    logp = jax.nn.log_softmax(logits, axis=-1)  # predicts continuation tokens
     tok = jnp.take_along_axis(logp, continuations[..., None], axis=-1)[..., 0]  # [B, C]
     tok = jnp.where(continuation_mask, tok, 0.0)
     return tok, jnp.sum(tok, axis=-1)
+
+
+def score_choices(
+    params: Any,
+    prompts: jax.Array,
+    prompt_mask: jax.Array,
+    choices: jax.Array,
+    choice_mask: jax.Array,
+    *,
+    model: Transformer,
+) -> jax.Array:
+    """log p(choice_k | prompt) summed over each choice's tokens, [B, K], for K short
+    continuations shared by every row (a multiple-choice question's answer options).
+
+    The prompt (left-padded [B, P]) runs once into a KV cache; each choice ([K, C],
+    right-padded, ``choice_mask`` False on padding) then runs from that cache, so K options
+    cost one prompt pass plus K passes of C tokens instead of K passes of P + C."""
+    B = prompts.shape[0]
+    K, C = choices.shape
+    variables = {"params": params}
+    cache = init_cache(model.cfg, B, prompts.shape[1] + C)
+    out = model.apply(variables, prompts, prompt_mask, cache, compute_logits=False)
+    first = model.apply(variables, out.hidden[:, -1], method=Transformer.project)
+    first = jax.nn.log_softmax(first, axis=-1)  # [B, V]: predicts each choice's first token
+    totals = []
+    for k in range(K):
+        toks = jnp.broadcast_to(choices[k], (B, C))
+        mask = jnp.broadcast_to(choice_mask[k], (B, C))
+        total = first[:, choices[k, 0]]
+        if C > 1:
+            logits = model.apply(variables, toks[:, :-1], mask[:, :-1], out.cache).logits
+            lp = jax.nn.log_softmax(logits, axis=-1)  # position j predicts token j + 1
+            tok = jnp.take_along_axis(lp, toks[:, 1:, None], axis=-1)[..., 0]  # [B, C - 1]
+            total = total + jnp.sum(jnp.where(mask[:, 1:], tok, 0.0), axis=-1)
+        totals.append(total)
+    return jnp.stack(totals, axis=-1)
 
 
 def bucket(n: int, minimum: int = 16) -> int:
@@ -197,6 +237,9 @@ class Sampler:
         self.eos_id, self.pad_id, self.min_bucket = eos_id, pad_id, min_bucket
         self._gen: dict[SamplingConfig, Any] = {}
         self._score = self._jit(functools.partial(score, model=model), n_batch_args=4)
+        self._choices = self._jit(
+            functools.partial(score_choices, model=model), n_batch_args=2, n_replicated_args=2
+        )
 
     def _jit(self, fn: Any, n_batch_args: int, n_replicated_args: int = 0) -> Any:
         """Params keep their own shardings; batch args are split over the data axes."""
@@ -246,3 +289,13 @@ class Sampler:
         c, cm = pad_right(conts, bucket(max(map(len, conts)), self.min_bucket), self.pad_id)
         tok, _ = jax.device_get(self._score(params, p, pm, c, cm))
         return [tok[i][cm[i]] for i in range(n)]
+
+    def score_choices(
+        self, params: Any, prompts: Sequence[Sequence[int]], choices: Sequence[Sequence[int]]
+    ) -> np.ndarray:
+        """[n, K]: each prompt's summed log-prob of each of the K shared ``choices``."""
+        n = len(prompts)
+        prompts = list(prompts) + [[self.pad_id]] * (self._batch_pad(n) - n)
+        p, pm = pad_left(prompts, bucket(max(map(len, prompts)), self.min_bucket), self.pad_id)
+        c, cm = pad_right(choices, max(map(len, choices)), self.pad_id)
+        return jax.device_get(self._choices(params, p, pm, c, cm))[:n]

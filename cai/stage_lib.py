@@ -151,6 +151,17 @@ class TextSampler:
             out += self.sampler.score(self.loaded.params, prompts[sl], continuations[sl])
         return out
 
+    def score_choices(
+        self, prompts: Sequence[list[int]], choices: Sequence[list[int]]
+    ) -> np.ndarray:
+        """[n, K]: the summed log-prob of each shared continuation in ``choices`` after each
+        prompt (one prompt pass for all K)."""
+        out = [
+            self.sampler.score_choices(self.loaded.params, prompts[sl], choices)
+            for sl in self._chunks(len(prompts))
+        ]
+        return np.concatenate(out) if out else np.zeros((0, len(choices)))
+
 
 class TextModel:
     """A model behind text: chat replies, transcript continuations and continuation log-probs,
@@ -279,6 +290,18 @@ def fingerprint_file(path: str) -> str:
         raise ConfigError(f"{path}: no such file")
     with open(path, "rb") as f:
         return f"{os.path.getsize(path)} bytes, sha1 {hashlib.sha1(f.read()).hexdigest()[:16]}"
+
+
+def fingerprint_shards(directory: epath.Path) -> str:
+    """Another stage's shard directory's identity: its shard count and the sha1 of their bytes
+    (a redone upstream stage, with other samples, is then a changed input)."""
+    paths = sorted(directory.glob("shard-*.jsonl"))
+    if not paths:
+        raise ConfigError(f"{directory} holds no shards (run the stage that writes them first)")
+    digest = hashlib.sha1()
+    for p in paths:
+        digest.update(p.read_bytes())
+    return f"{len(paths)} shards, sha1 {digest.hexdigest()[:16]}"
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:

@@ -1,13 +1,17 @@
 """The whole pipeline on the embedded default, the toy world: from the shipped helpful-only base
-model, SL-CAI (critique -> revision, fine-tuning), then evaluation of base and SL-CAI on the dev
-and test splits. AI feedback, the preference model and RL-CAI join ``stages`` as they land.
+model, SL-CAI (critique -> revision, fine-tuning); then the RL half's data: pairs sampled from
+the SL-CAI model, AI harmlessness labels from the base model's log-probs, the simulated
+crowdworker's helpfulness labels, the RL-CAI preference model and the HH-RLHF-style baseline
+preference model; then evaluation of everything on the dev and test splits. RL-CAI (PPO) joins
+``stages`` when it lands.
 
   python -m cai.main --config=experiments/rlcai.py --workdir=runs/rlcai
   python -m cai.main --config=experiments/rlcai.py --workdir=runs/own --config.base=pretrain
   python -m cai.main --config=experiments/rlcai.py:smoke --workdir=/tmp/rlcai_smoke
 
 ``--config.base=pretrain`` pretrains the base model in the run (stage ``pretrain`` first)
-instead of starting from the shipped one.
+instead of starting from the shipped one. Label forms: ``--config.feedback.labels.debias=True``,
+``--config.feedback.labels.principles_per_pair=4``, ``--config.feedback.labels.cot=True``.
 """
 
 from cai import presets
@@ -17,6 +21,7 @@ def get_config(arg: str | None = None):
     if arg not in (None, "smoke"):
         raise ValueError(f"unknown variant {arg!r}; known: smoke")
     smoke = arg == "smoke"
-    config = presets.toy_world(("sl_cai", "evaluate"), smoke=smoke)
+    config = presets.toy_world(("sl_cai", *presets.RL_HALF, "evaluate"), smoke=smoke)
     presets.with_sl_cai(config, smoke=smoke)
+    presets.with_rl_half(config, smoke=smoke)
     return config

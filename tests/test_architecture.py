@@ -1,5 +1,6 @@
 """The dependency rules of the layout, checked on the import graph: no stage imports another
-stage, and only evaluation (and the coming simulated-crowdworker baseline) read the judge."""
+stage, and only evaluation and the simulated crowdworker read the judge (the crowdworker only
+through stage ``human_feedback``, the "human" labels)."""
 
 import ast
 import pathlib
@@ -32,7 +33,8 @@ MODULES = {module_name(p): imports(p) for p in CAI.rglob("*.py")}
 
 
 def test_the_stages_are_there():
-    assert {"pretrain", "sl_cai", "evaluate"} <= set(STAGES)
+    assert {"pretrain", "sl_cai", "pairs", "feedback", "human_feedback", "preference_model",
+            "evaluate"} <= set(STAGES)  # fmt: skip
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -47,6 +49,13 @@ def test_only_evaluation_reads_the_judge():
     # ... and no CAI stage reaches it through evaluation either.
     cai_stages = {f"cai.stages.{s}" for s in STAGES if s != "evaluate"}
     assert not {m for m in cai_stages if "cai.evaluation" in MODULES[m]}
+
+
+def test_only_the_human_feedback_stage_asks_the_crowdworker():
+    """AI feedback, the preference model and every other CAI stage see no ground truth: the
+    crowdworker's labels reach them only as files of stage ``human_feedback``."""
+    askers = {m for m, deps in MODULES.items() if "cai.toyworld.crowdworker" in deps}
+    assert askers <= {"cai.stages.human_feedback"}, askers
 
 
 def test_library_modules_do_not_import_stages():

@@ -81,12 +81,14 @@ def test_dry_run_cli_writes_nothing(repo, tmp_path):
 
 def test_stage_train_steps_are_compiled_too(repo):
     config = load(repo, "rlcai").get_config("smoke")
-    assert list(dry_run.run(config, print_fn=lambda _: None)) == ["sl_cai/train_step"]
+    pms = ["preference_model/train_step", "pm_human/train_step"]
+    assert list(dry_run.run(config, print_fn=lambda _: None)) == ["sl_cai/train_step", *pms]
     config.base = "pretrain"  # --config.base=pretrain: the run pretrains its own base model
     results = dry_run.run(config, print_fn=lambda _: None)
-    assert list(results) == ["pretrain/train_step", "sl_cai/train_step"]
+    assert list(results) == ["pretrain/train_step", "sl_cai/train_step", *pms]
     assert results["pretrain/train_step"]["shape"] == "batch 8 x 64"
     assert results["sl_cai/train_step"]["shape"] == "batch 8 x 64"
+    assert results["pm_human/train_step"]["shape"] == "8 pairs x 2 x 64"
 
 
 def test_bad_batch_is_one_error(repo):

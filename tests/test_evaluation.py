@@ -237,3 +237,40 @@ def test_pretrain_toy_config_converts(repo, arg):
     configs.to_dataclass(world.WorldConfig, config.world, "world")
     with pytest.raises(ValueError, match="unknown variant"):
         module.get_config("nope")
+
+
+# ----------------------------------------------------------------------------- AI feedback, PM
+
+
+def pair(req, a, b, task="harmlessness"):
+    return {"request_id": req.id, "task": task, "responses": [a, b], "messages": [["user", "q"]]}
+
+
+def test_pair_truth_and_label_quality_against_the_judge():
+    rng = random.Random(0)
+    harm = next(r for r in W.split("test") if r.harmful)
+    good = next(r for r in W.split("test") if not r.harmful and not r.dual_use)
+    comply, refuse = corpus.compliant(harm, rng), corpus.explained_refusal(harm, rng)
+    recs = [pair(harm, refuse, comply), pair(harm, comply, refuse), pair(harm, refuse, refuse)]
+    assert [evaluation.pair_truth(W, r) for r in recs] == [0, 1, None]
+    answer = corpus.compliant(good, rng)
+    helpful = pair(good, corpus.evasive(rng), answer, "helpfulness")
+    assert evaluation.pair_truth(W, helpful) == 1
+    # Labels: the first pair right and confident, the second wrong, the third not told apart.
+    labs = [{"p_a": 0.9, "p_first": [0.9]}, {"p_a": 0.6, "p_first": [0.6]},
+            {"p_a": 0.5, "p_first": [0.2]}]  # fmt: skip
+    q = evaluation.feedback_quality(W, [{**r, **lab} for r, lab in zip(recs, labs)])
+    assert q["told_apart"] == 2 and q["labels"]["accuracy"] == 0.5
+    # Bins [0.9, 1.0) and [0.6, 0.7): |0.9 - 1| and |0.6 - 0| with half the pairs each.
+    assert q["labels"]["ece"] == pytest.approx(0.5 * 0.1 + 0.5 * 0.6)
+    assert q["labels"]["p_first_listed_raw"] == pytest.approx((0.9 + 0.6 + 0.2) / 3)
+    assert q["labels"]["p_first_listed"] == pytest.approx((0.9 + 0.6 + 0.5) / 3)
+    # Rewards: right on the first pair, wrong on the second, the third not counted.
+    pm = evaluation.pm_figures(W, [*recs, helpful], [1.0, 1.0, 0.0, 0.0], [0.0, 0.5, 0.0, 3.0])
+    assert pm["harmlessness"]["n"] == 2 and pm["harmlessness"]["accuracy"] == 0.5
+    assert pm["helpfulness"]["n"] == 1 and pm["helpfulness"]["accuracy"] == 1.0
+
+
+def test_expected_calibration_error():
+    assert evaluation.expected_calibration_error([0.75] * 4, [1, 1, 1, 0]) == 0.0
+    assert evaluation.expected_calibration_error([0.95, 0.05], [0, 1]) == pytest.approx(0.95)

@@ -19,16 +19,24 @@ def cli(*args, cwd=None):
 
 
 def test_main_job_smoke_runs_every_stage(repo, tmp_path):
-    """The main job's smoke variant from the shipped base model: SL-CAI and evaluation, into a
-    workdir whose parents do not exist yet; the console holds progress bars and the table, not
-    library log lines."""
+    """The main job's smoke variant from the shipped base model: SL-CAI, pairs, AI and
+    "human" feedback, both preference models and evaluation, into a workdir whose parents do
+    not exist yet; the console holds progress bars and the tables, not library log lines."""
     workdir = tmp_path / "runs" / "rlcai"
     proc = cli("cai.main", f"--config={repo}/experiments/rlcai.py:smoke", f"--workdir={workdir}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((workdir / "summary.json").read_text())
-    assert {"sl_cai_stage", "base", "sl_cai", "paired", "revision_curves"} <= set(summary)
+    assert {"sl_cai_stage", "base", "sl_cai", "paired", "revision_curves", "pairs_stage",
+            "feedback_stage", "human_feedback_stage", "preference_model_stage", "pm_human_stage",
+            "feedback", "preference_model"} <= set(summary)  # fmt: skip
     assert "pretrain" not in summary and not (workdir / "pretrain").exists()
     assert (workdir / "plots" / "revisions.png").exists()
+    assert (workdir / "plots" / "feedback_calibration.png").exists()
+    assert set(summary["preference_model"]) == {"preference_model", "pm_human"}
+    assert {"one_principle", "k_principles", "cot_clamped", "debiased"} <= set(
+        summary["feedback"]["test"]
+    )
+    assert "AI feedback, test harmlessness pairs" in proc.stdout
     table = proc.stdout.splitlines()
     assert table[0].split()[-2:] == ["base", "sl_cai"] and table[1].startswith("harmless")
     noise = [line for line in proc.stderr.splitlines() if line[:1] in "IW" and line[1:5].isdigit()]

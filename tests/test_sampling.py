@@ -69,6 +69,18 @@ def test_score_equals_log_softmax_of_full_forward(setup):
         np.testing.assert_allclose(got, full_logprobs(model, params, prompt, cont), atol=1e-5)
 
 
+def test_score_choices_equals_scoring_each_choice(setup):
+    """Shared answer options scored from one prompt pass (a KV cache) give what scoring each
+    option as its own continuation gives, options of different lengths included."""
+    _, params, sampler = setup
+    choices = [[20, 21, 22], [23], [24, 25]]
+    got = sampler.score_choices(params, PROMPTS, choices)
+    assert got.shape == (len(PROMPTS), len(choices))
+    for k, choice in enumerate(choices):
+        each = sampler.score(params, PROMPTS, [choice] * len(PROMPTS))
+        np.testing.assert_allclose(got[:, k], [x.sum() for x in each], atol=1e-5)
+
+
 def test_sampling_is_seeded_and_top_k_1_is_greedy(setup):
     _, params, sampler = setup
     cfg = SamplingConfig(max_new_tokens=8, temperature=1.0, top_p=0.9)

@@ -10,7 +10,12 @@ checkpoint against the first on the same prompts. Every reply is written to
 
 With ``evaluate.revisions`` naming the supervised stage's directory, its red-team shards are
 judged round by round: ``summary.json["revision_curves"]`` and ``WORKDIR/plots/revisions.png``.
-The stage ends by printing the results table.
+With ``evaluate.feedback`` naming the feedback stage's directory, every labelling form's
+accuracy and calibration on the held-out harmlessness pairs the judge tells apart go to
+``summary.json["feedback"][split]`` and ``WORKDIR/plots/feedback_calibration.png``; with
+``evaluate.preference_models``, each preference model's pairwise accuracy per task on the
+held-out pairs goes to ``summary.json["preference_model"][key][split]``, beside its reward
+statistics. The stage ends by printing the results tables.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from typing import Any
 import ml_collections
 from etils import epath
 
-from cai import configs, evaluation, sharding, stage_lib
+from cai import configs, evaluation, preference_model, sharding, stage_lib
 from cai.errors import ConfigError
 from cai.files import read_json, read_jsonl, write_json, write_jsonl
 from cai.metrics import update_summary
@@ -37,6 +42,19 @@ class EvalConfig:
     max_new_tokens: int = 64
     batch_size: int = 256  # prompts per generation call
     revisions: str = ""  # the supervised stage's directory, for the revision curve ("": none)
+    # AI feedback's label quality: the feedback stage's directory ("": none).
+    feedback: str = ""
+    # summary.json["preference_model"] key -> preference model stage directory, measured on the
+    # held-out pairs of stage ``pairs`` the judge tells apart.
+    preference_models: dict[str, str] = dataclasses.field(default_factory=dict)
+    pairs: str = "pairs"
+    # HHH evaluation (cai.hhh) of models as feedback models (summary key -> model) and of the
+    # preference models above, on BIG-bench hhh_alignment (``hhh_dir``) and HH-RLHF test
+    # comparisons (``hh_rlhf_dir``, the first ``hh_rlhf_n``): summary.json["hhh"].
+    hhh_models: dict[str, str] = dataclasses.field(default_factory=dict)
+    hhh_dir: str = ""
+    hh_rlhf_dir: str = ""
+    hh_rlhf_n: int = 200
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -47,6 +65,10 @@ class EvalConfig:
                 "evaluate.max_new_tokens and evaluate.batch_size must be positive, "
                 "evaluate.phrasings positive or -1"
             )
+        if (self.hhh_models or self.hhh_dir or self.hh_rlhf_dir) and not (
+            self.hhh_dir or self.hh_rlhf_dir
+        ):
+            raise ConfigError("evaluate.hhh_models needs evaluate.hhh_dir and/or hh_rlhf_dir")
         bad = [s for s in self.splits if s not in ("dev", "test")]
         if bad or not self.splits:
             raise ConfigError(f"evaluate.splits={self.splits}: expected dev and/or test")
@@ -72,10 +94,17 @@ def run(config: ml_collections.ConfigDict, workdir: epath.Path) -> None:
         key: stage_lib.resolve_init(config, workdir, name, f"evaluate.checkpoints.{key}")
         for key, name in cfg.checkpoints.items()
     }
+    pm_paths = {
+        key: stage_lib.resolve_init(config, workdir, name, f"evaluate.preference_models.{key}")
+        for key, name in cfg.preference_models.items()
+    }
     stage_lib.guard(
         out_dir,
         stage_lib.section(config, "world", "evaluate"),
-        {key: stage_lib.fingerprint(path) for key, path in paths.items()},
+        {
+            **{key: stage_lib.fingerprint(path) for key, path in paths.items()},
+            **{f"pm:{key}": stage_lib.fingerprint(path) for key, path in pm_paths.items()},
+        },
     )
     records: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for key, path in paths.items():
@@ -111,5 +140,97 @@ def run(config: ml_collections.ConfigDict, workdir: epath.Path) -> None:
         )
     if cfg.revisions:
         revision_curves(w, workdir / cfg.revisions, workdir)
+    if cfg.feedback:
+        feedback_quality(w, workdir / cfg.feedback, cfg, workdir)
+    if pm_paths:
+        update_summary(
+            workdir, "preference_model", pm_accuracy(w, pm_paths, cfg, mesh, workdir, out_dir)
+        )
+    if cfg.hhh_dir or cfg.hh_rlhf_dir:
+        hhh_eval(config, workdir, cfg, mesh, pm_paths)
     full = read_json(workdir / "summary.json")
-    print(evaluation.table(full, keys, "test" if "test" in cfg.splits else cfg.splits[0]))
+    split = "test" if "test" in cfg.splits else cfg.splits[0]
+    print(evaluation.table(full, keys, split))
+    if cfg.feedback or pm_paths:
+        print(evaluation.feedback_table(full, split))
+
+
+def feedback_quality(
+    w: world.World, stage_dir: epath.Path, cfg: EvalConfig, workdir: epath.Path
+) -> None:
+    """Label quality of every labelling form on the held-out splits, and the plot (test split
+    when measured, else the first)."""
+    out = {}
+    for split in cfg.splits:
+        if not (stage_dir / split).exists():
+            raise ConfigError(
+                f"evaluate.feedback: {stage_dir}/{split} holds no labels (stage pairs needs "
+                f"pairs.eval_splits to include {split})"
+            )
+        out[split] = evaluation.feedback_quality(w, stage_lib.shards(stage_dir / split))
+    update_summary(workdir, "feedback", out)
+    shown = "test" if "test" in out else cfg.splits[0]
+    evaluation.plot_calibration(out[shown], workdir / "plots" / "feedback_calibration.png")
+
+
+def pm_accuracy(
+    w: world.World,
+    pm_paths: dict[str, str],
+    cfg: EvalConfig,
+    mesh: Any,
+    workdir: epath.Path,
+    out_dir: epath.Path,
+) -> dict[str, Any]:
+    """Each preference model's rewards for both replies of every held-out pair (cached in
+    ``evaluate/pm_<key>.<split>.json``) and its accuracy against the judge."""
+    pairs = {s: stage_lib.shards(workdir / cfg.pairs / s) for s in cfg.splits}
+    out: dict[str, Any] = {}
+    for key, path in pm_paths.items():
+        rm = None
+        out[key] = {}
+        for split, recs in pairs.items():
+            done = out_dir / f"pm_{key}.{split}.json"
+            if not done.exists():
+                if rm is None:
+                    loaded = stage_lib.load_model(path, mesh, f"evaluate.preference_models.{key}")
+                    rm = preference_model.RewardModel(loaded, mesh, cfg.batch_size)
+                r_a, r_b = rm.compare(
+                    [r["messages"] for r in recs],
+                    [r["responses"][0] for r in recs],
+                    [r["responses"][1] for r in recs],
+                )
+                write_json(done, {"r_a": [float(x) for x in r_a], "r_b": [float(x) for x in r_b]})
+            scores = read_json(done)
+            out[key][split] = evaluation.pm_figures(w, recs, scores["r_a"], scores["r_b"])
+        stats_path = epath.Path(path) / "reward_stats.json"
+        if stats_path.exists():
+            out[key]["reward_stats"] = read_json(stats_path)
+    return out
+
+
+def hhh_eval(
+    config: ml_collections.ConfigDict,
+    workdir: epath.Path,
+    cfg: EvalConfig,
+    mesh: Any,
+    pm_paths: dict[str, str],
+) -> None:
+    """HHH accuracy of ``hhh_models`` as feedback models (with and without debiasing) and of
+    the preference models, into ``summary.json["hhh"][key]``."""
+    from cai import hhh
+
+    out: dict[str, Any] = {}
+    data = dict(hhh_dir=cfg.hhh_dir or None, hh_rlhf_dir=cfg.hh_rlhf_dir or None,
+                n_hh=cfg.hh_rlhf_n, seed=cfg.seed)  # fmt: skip
+    for key, name in cfg.hhh_models.items():
+        path = stage_lib.resolve_init(config, workdir, name, f"evaluate.hhh_models.{key}")
+        res = hhh.evaluate(path, mesh, kind="feedback", batch_size=cfg.batch_size, **data)
+        out[key] = {"feedback": {t: _drop_items(r) for t, r in res["tasks"].items()}}
+    for key, path in pm_paths.items():
+        res = hhh.evaluate(path, mesh, kind="pm", batch_size=cfg.batch_size, **data)
+        out.setdefault(key, {})["pm"] = {t: _drop_items(r) for t, r in res["tasks"].items()}
+    update_summary(workdir, "hhh", out)
+
+
+def _drop_items(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in result.items() if k != "per_item"}

@@ -1,0 +1,84 @@
+"""Stages ``pairs``, ``feedback`` and ``human_feedback`` through the real ``cai.main`` on the toy
+world (smoke sizes, the shipped base model as policy and feedback model): a run killed between
+label shards resumes to the same bytes an uninterrupted run writes, records carry what the
+preference model and evaluation read, and a changed setting on the old workdir is one line."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from cai.files import read_jsonl
+
+STAGES = "--config.stages=('pairs','feedback','human_feedback')"
+
+
+def main(repo, workdir, *extra):
+    cmd = [sys.executable, "-m", "cai.main", f"--config={repo}/experiments/rlcai.py:smoke",
+           f"--workdir={workdir}", STAGES, "--config.pairs.init_from=base", *extra]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+
+
+def files(workdir):
+    return {
+        p.relative_to(workdir): p.read_bytes()
+        for d in ("pairs", "feedback", "human_feedback")
+        for p in sorted((workdir / d).rglob("shard-*.jsonl"))
+    }
+
+
+@pytest.fixture(scope="module")
+def whole(repo, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("whole")
+    proc = main(repo, workdir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return workdir
+
+
+def test_label_shards_resume_after_a_kill(repo, tmp_path, whole):
+    first = main(repo, tmp_path, "--config.feedback.halt_after_shards=1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "feedback halted" in first.stdout
+    assert len(list((tmp_path / "feedback").rglob("shard-*.jsonl"))) == 1
+    assert not (tmp_path / "human_feedback").exists()
+    second = main(repo, tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert files(tmp_path) == files(whole)
+
+
+def test_records_hold_what_later_stages_read(whole):
+    pairs = read_jsonl(next((whole / "pairs" / "train").glob("shard-*.jsonl")))
+    assert {r["task"] for r in pairs} == {"harmlessness", "helpfulness"}
+    assert all(len(r["responses"]) == 2 and r["messages"][-1][0] == "user" for r in pairs)
+    held = [r for p in (whole / "pairs" / "test").glob("*.jsonl") for r in read_jsonl(p)]
+    assert {r["slice"] for r in held} == {"direct", "adversarial", "dual_use", "benign"}
+    labels = [r for p in (whole / "feedback" / "test").glob("*.jsonl") for r in read_jsonl(p)]
+    assert labels and all(r["task"] == "harmlessness" for r in labels)
+    distinct = lambda r: r["responses"][0] != r["responses"][1]  # noqa: E731
+    assert len(labels) == sum(r["task"] == "harmlessness" and distinct(r) for r in held)
+    for r in labels:
+        assert 0.0 <= r["p_a"] <= 1.0
+        assert set(r["variants"]) == {"one_principle", "k_principles", "cot_clamped", "debiased"}
+        assert 0.4 <= r["variants"]["cot_clamped"]["p_a"] <= 0.6
+        assert len(r["variants"]["k_principles"]["principles"]) == 2
+        d = r["variants"]["debiased"]
+        assert d["p_a"] == pytest.approx((d["p_first"][0] + d["p_swapped"][0]) / 2)
+        # The training form (debiased, one principle) asks exactly the first draw.
+        assert r["p_a"] == r["variants"]["debiased"]["p_a"]
+        assert r["p_first"] == r["variants"]["one_principle"]["p_first"]
+    train = [r for p in (whole / "feedback" / "train").glob("*.jsonl") for r in read_jsonl(p)]
+    assert train and all("variants" not in r for r in train)
+    human = [r for p in (whole / "human_feedback" / "train").glob("*.jsonl") for r in read_jsonl(p)]
+    assert {r["p_a"] for r in human} <= {0.0, 0.5, 1.0}  # smoke keeps the indifferent ones
+    train_pairs = [r for p in (whole / "pairs" / "train").glob("*.jsonl") for r in read_jsonl(p)]
+    assert 0 < len(human) <= sum(distinct(r) for r in train_pairs)
+    summary = json.loads((whole / "summary.json").read_text())
+    assert {"pairs_stage", "feedback_stage", "human_feedback_stage"} <= set(summary)
+
+
+def test_a_changed_label_setting_is_one_line(repo, whole):
+    proc = main(repo, whole, "--config.feedback.labels.debias=False")
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "config.feedback.labels.debias=True" in errors[0], errors
