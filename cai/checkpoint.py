@@ -103,8 +103,11 @@ class Checkpointer:
 
 def find_checkpoint_dir(path: str | os.PathLike) -> epath.Path:
     """Accept a checkpoint root, a stage directory holding ``checkpoints/``, or a workdir with
-    a single stage; return the directory the manager should open."""
+    a single stage; return the directory the manager should open (absolute: orbax refuses
+    relative paths)."""
     p = epath.Path(path)
+    if "://" not in os.fspath(path):
+        p = epath.Path(os.path.abspath(os.fspath(path)))
     if not p.exists():
         raise ConfigError(f"checkpoint path {p} does not exist")
 

@@ -376,8 +376,8 @@ def plot_calibration(quality: dict[str, Any], path: epath.Path) -> None:
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="calibrated")
     for name, fig_ in quality.items():
-        if not isinstance(fig_, dict) or not fig_.get("n"):
-            continue
+        if not isinstance(fig_, dict) or not fig_.get("n") or name == "labels":
+            continue  # "labels" is the training form: one of the forms drawn
         rel = fig_["reliability"]
         ax.plot(rel["p"], rel["freq"], marker="o",
                 label=f"{name} (acc {fig_['accuracy']:.2f}, ECE {fig_['ece']:.2f})")  # fmt: skip
