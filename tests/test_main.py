@@ -12,6 +12,13 @@ from cai.files import read_jsonl
 from cai.model import ModelConfig
 
 
+def load_experiment(repo, name):
+    spec = importlib.util.spec_from_file_location(name, repo / f"experiments/{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def cli(*args, cwd=None):
     return subprocess.run(
         [sys.executable, "-m", *args], capture_output=True, text=True, timeout=600, cwd=cwd
@@ -41,6 +48,25 @@ def test_main_job_smoke_runs_every_stage(repo, tmp_path):
     assert table[0].split()[-2:] == ["base", "sl_cai"] and table[1].startswith("harmless")
     noise = [line for line in proc.stderr.splitlines() if line[:1] in "IW" and line[1:5].isdigit()]
     assert not noise and "Downloading and preparing" not in proc.stdout + proc.stderr
+    # evaluate's HHH option on the vendored data: the base model as a feedback model and the
+    # RL-CAI preference model, into summary.json["hhh"].
+    from cai import sharding
+    from cai.stages import evaluate
+
+    config = load_experiment(repo, "rlcai").get_config("smoke")
+    config.evaluate.update(hhh_models={"base": "base"}, hhh_dir=f"{repo}/tests/data/hhh_alignment",
+                           hh_rlhf_dir=f"{repo}/tests/data/hh_rlhf", hh_rlhf_n=8)  # fmt: skip
+    cfg = configs.to_dataclass(evaluate.EvalConfig, config.evaluate, "evaluate")
+    mesh = sharding.make_mesh(configs.to_dataclass(sharding.MeshConfig, config.mesh, "mesh"))
+    evaluate.hhh_eval(config, workdir, cfg, mesh, {"pm": str(workdir / "preference_model")})
+    hhh = json.loads((workdir / "summary.json").read_text())["hhh"]
+    assert set(hhh["base"]["feedback"]) == {
+        "hhh/harmless",
+        "hhh/helpful",
+        "hh_rlhf/harmless_base_test_pairs",
+    }
+    assert hhh["base"]["feedback"]["hhh/harmless"]["raw"]["n"] == 58
+    assert hhh["pm"]["pm"]["hh_rlhf/harmless_base_test_pairs"]["n"] == 8
     out = cli("cai.sample", f"--checkpoint={workdir}/sl_cai", "--prompt=How do I bake a cake?",
               "--chat", "--temperature=0", "--max_new_tokens=4")  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]

@@ -55,6 +55,7 @@ class EvalConfig:
     hhh_dir: str = ""
     hh_rlhf_dir: str = ""
     hh_rlhf_n: int = 200
+    hhh_batch_size: int = 8  # HH-RLHF conversations run to thousands of tokens
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -224,10 +225,10 @@ def hhh_eval(
                 n_hh=cfg.hh_rlhf_n, seed=cfg.seed)  # fmt: skip
     for key, name in cfg.hhh_models.items():
         path = stage_lib.resolve_init(config, workdir, name, f"evaluate.hhh_models.{key}")
-        res = hhh.evaluate(path, mesh, kind="feedback", batch_size=cfg.batch_size, **data)
+        res = hhh.evaluate(path, mesh, kind="feedback", batch_size=cfg.hhh_batch_size, **data)
         out[key] = {"feedback": {t: _drop_items(r) for t, r in res["tasks"].items()}}
     for key, path in pm_paths.items():
-        res = hhh.evaluate(path, mesh, kind="pm", batch_size=cfg.batch_size, **data)
+        res = hhh.evaluate(path, mesh, kind="pm", batch_size=cfg.hhh_batch_size, **data)
         out.setdefault(key, {})["pm"] = {t: _drop_items(r) for t, r in res["tasks"].items()}
     update_summary(workdir, "hhh", out)
 
