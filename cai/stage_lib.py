@@ -242,6 +242,13 @@ def run_shards(
     return out
 
 
+def take(items: Sequence[Any], n: int, seed: int) -> list[Any]:
+    """``n`` items (all for -1) in a seeded order, so shards mix requests."""
+    order = np.random.default_rng(seed).permutation(len(items))
+    chosen = [items[i] for i in order]
+    return chosen if n < 0 else chosen[:n]
+
+
 def shards(directory: epath.Path) -> list[dict[str, Any]]:
     """Every record of another stage's shard directory, in shard order."""
     paths = sorted(directory.glob("shard-*.jsonl"))

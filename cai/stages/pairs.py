@@ -85,12 +85,6 @@ def stage_config(**overrides: Any) -> ml_collections.ConfigDict:
     return configs.as_dict(PairsConfig(**overrides))
 
 
-def take(items: Sequence[world.Prompt], n: int, seed: int) -> list[world.Prompt]:
-    """``n`` prompts (all for -1) in a seeded order, so shards mix requests and tasks."""
-    order = np.random.default_rng(seed).permutation(len(items))
-    return [items[i] for i in order][: None if n < 0 else n]
-
-
 def toy_prompts(w: world.World, cfg: PairsConfig) -> dict[str, list[tuple[world.Prompt, str]]]:
     """(prompt, task) per split: training red-team prompts in every direct and adversarial
     phrasing and helpful prompts; the held-out splits' evaluation slices."""
@@ -103,8 +97,11 @@ def toy_prompts(w: world.World, cfg: PairsConfig) -> dict[str, list[tuple[world.
             *(world.adversarial_prompt(r, i) for i in range(len(world.ADVERSARIAL))),
         )
     ]
-    red = [dataclasses.replace(p, slice="red_team") for p in take(red, cfg.red_team, cfg.seed)]
-    helpful = take(list(world.helpful_prompts(w)), cfg.helpful, cfg.seed + 1)
+    red = [
+        dataclasses.replace(p, slice="red_team")
+        for p in stage_lib.take(red, cfg.red_team, cfg.seed)
+    ]
+    helpful = stage_lib.take(list(world.helpful_prompts(w)), cfg.helpful, cfg.seed + 1)
     out = {"train": [(p, "harmlessness") for p in red] + [(p, "helpfulness") for p in helpful]}
     for split in cfg.eval_splits:
         slices = world.eval_prompts(w, split, cfg.eval_phrasings)
@@ -125,8 +122,8 @@ def hh_prompts(workdir: epath.Path, cfg: PairsConfig) -> dict[str, list[tuple[wo
         str(workdir / "data"), cfg.hh_rlhf_dir, split="train", as_train=cfg.hh_rlhf_as_train
     )
     as_prompt = lambda t, s: world.Prompt((("user", t),), "", s)  # noqa: E731
-    red_p = take([as_prompt(t, "red_team") for t in red], cfg.red_team, cfg.seed)
-    help_p = take([as_prompt(t, "helpful") for t in helpful], cfg.helpful, cfg.seed + 1)
+    red_p = stage_lib.take([as_prompt(t, "red_team") for t in red], cfg.red_team, cfg.seed)
+    help_p = stage_lib.take([as_prompt(t, "helpful") for t in helpful], cfg.helpful, cfg.seed + 1)
     return {"train": [(p, "harmlessness") for p in red_p] + [(p, "helpfulness") for p in help_p]}
 
 

@@ -32,7 +32,6 @@ directory.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import os
 import time
@@ -109,13 +108,6 @@ def stage_config(
 # ----------------------------------------------------------------------------- inputs
 
 
-def shards_fingerprint(directory: epath.Path) -> str:
-    """A shard directory's identity: its shards' names, sizes and contents, hashed."""
-    paths = sorted(directory.glob("shard-*.jsonl"))
-    text = "\n".join(f"{p.name} {stage_lib.fingerprint_file(os.fspath(p))}" for p in paths)
-    return f"{len(paths)} shards, sha1 {hashlib.sha1(text.encode()).hexdigest()[:16]}"
-
-
 def read_sources(
     workdir: epath.Path, cfg: PMConfig, where: str
 ) -> tuple[dict[str, list[pm.Comparison]], dict[str, str]]:
@@ -128,7 +120,7 @@ def read_sources(
         if not mine:
             raise ConfigError(f"{where}.{task}={stage!r}: {directory} holds no {task} comparisons")
         comparisons[task] = mine
-        fingerprints[task] = shards_fingerprint(directory)
+        fingerprints[task] = stage_lib.fingerprint_shards(directory)
     return comparisons, fingerprints
 
 

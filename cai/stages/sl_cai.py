@@ -181,13 +181,6 @@ def answer_shard(gen: Generator, batch: Sequence[world.Prompt], shard: int) -> l
 # ----------------------------------------------------------------------------- prompts in
 
 
-def take(items: Sequence[world.Prompt], n: int, seed: int) -> list[world.Prompt]:
-    """``n`` prompts (all for -1) in a seeded order, so shards mix requests."""
-    order = np.random.default_rng(seed).permutation(len(items))
-    chosen = [items[i] for i in order]
-    return chosen if n < 0 else chosen[:n]
-
-
 def hh_rlhf_prompts(workdir: epath.Path, cfg: LoopConfig) -> tuple[list, list]:
     """Red-team and helpful prompts (first human turns) of the HH-RLHF release's **train**
     split, from the ``hh_rlhf`` TFDS builder; files named ``test`` are never read here."""
@@ -251,8 +244,8 @@ def run(config: ml_collections.ConfigDict, workdir: epath.Path) -> None:
         red_team, helpful = list(world.red_team_prompts(w)), list(world.helpful_prompts(w))
     else:
         red_team, helpful = hh_rlhf_prompts(workdir, cfg)
-    red_team = take(red_team, cfg.red_team, cfg.seed)
-    helpful = take(helpful, cfg.helpful, cfg.seed + 1)
+    red_team = stage_lib.take(red_team, cfg.red_team, cfg.seed)
+    helpful = stage_lib.take(helpful, cfg.helpful, cfg.seed + 1)
 
     t0 = time.time()
     spec = {"init_from": init, "constitution": const.path, "style": cfg.style,
