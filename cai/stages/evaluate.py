@@ -66,9 +66,7 @@ class EvalConfig:
                 "evaluate.max_new_tokens and evaluate.batch_size must be positive, "
                 "evaluate.phrasings positive or -1"
             )
-        if (self.hhh_models or self.hhh_dir or self.hh_rlhf_dir) and not (
-            self.hhh_dir or self.hh_rlhf_dir
-        ):
+        if self.hhh_models and not (self.hhh_dir or self.hh_rlhf_dir):
             raise ConfigError("evaluate.hhh_models needs evaluate.hhh_dir and/or hh_rlhf_dir")
         bad = [s for s in self.splits if s not in ("dev", "test")]
         if bad or not self.splits:
