@@ -110,8 +110,7 @@ def toy_prompts(w: world.World, cfg: PairsConfig) -> dict[str, list[tuple[world.
             for name in world.EVAL_SLICES
             for p in slices[name]
         ]
-    return {k: [v[i] for i in np.random.default_rng(cfg.seed).permutation(len(v))]
-            for k, v in out.items()}  # fmt: skip
+    return {k: stage_lib.take(v, -1, cfg.seed) for k, v in out.items()}  # tasks mixed in shards
 
 
 def hh_prompts(workdir: epath.Path, cfg: PairsConfig) -> dict[str, list[tuple[world.Prompt, str]]]:
