@@ -3,7 +3,7 @@ as a feedback model (its (A)/(B) answer; raw and position-debiased) or, with --p
 preference model (its rewards). See cai/hhh.py for the protocol and docs/hhh.md for results.
 
 python -m cai.evaluate_hhh --checkpoint=SmolLM2-135M-Instruct.Q4_1.gguf \
-    --hhh_dir=../shared/data/hhh_alignment --hh_rlhf_dir=../shared/data/hh_rlhf --style=chat
+    --hhh_dir=tests/data/hhh_alignment --hh_rlhf_dir=tests/data/hh_rlhf --style=chat
 python -m cai.evaluate_hhh --checkpoint=WORKDIR/preference_model --pm --hh_rlhf_dir=DIR
 
 The checkpoint may be a checkpoint written here (a checkpoint, stage or workdir directory), an
