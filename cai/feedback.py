@@ -145,9 +145,9 @@ class Scorer(Protocol):
     def complete(self, prompts: Sequence[list[int]], cfg: Any, seed: int = 0,
                  transcript: bool = True, desc: str | None = None) -> list[str]: ...  # fmt: skip
 
-    def score(
-        self, prompts: Sequence[list[int]], continuations: Sequence[list[int]]
-    ) -> list[np.ndarray]: ...
+    def score_choices(
+        self, prompts: Sequence[list[int]], choices: Sequence[list[int]]
+    ) -> np.ndarray: ...
 
 
 class FeedbackModel:
@@ -178,13 +178,8 @@ class FeedbackModel:
     def option_logprobs(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(ℓ_A, ℓ_B) for each prompt text: the summed log-probs of ``" (A)"`` and ``" (B)"``."""
         ids = [self.ids(t) for t in texts]
-        if hasattr(self.scorer, "score_choices"):  # one prompt pass for both options
-            both = np.asarray(self.scorer.score_choices(ids, self.options), np.float64)
-            return both[:, 0], both[:, 1]
-        out = []
-        for opt in self.options:
-            out.append(np.array([float(x.sum()) for x in self.scorer.score(ids, [opt] * len(ids))]))
-        return out[0], out[1]
+        both = np.asarray(self.scorer.score_choices(ids, self.options), np.float64)
+        return both[:, 0], both[:, 1]  # one prompt pass for both options
 
     def p_first(self, texts: Sequence[str]) -> np.ndarray:
         """Normalised probability of option (A) for each prompt text."""

@@ -75,15 +75,15 @@ class PlantedScorer:
         lb = sign * self.strength * ("SAFE" in b)
         return la, lb
 
-    def score(self, ids, conts):
+    def score_choices(self, ids, choices):
         self.calls["score"] += 1
+        which = [prompts.OPTIONS.index(bytes(c).decode()) for c in choices]
         out = []
-        for p, c in zip(ids, conts):
-            la, lb = self.logits(bytes(p).decode())
-            z = np.logaddexp(la, lb)
-            mine = la if bytes(c).decode() == prompts.OPTIONS[0] else lb
-            out.append(np.array([mine - z], np.float32))
-        return out
+        for p in ids:
+            logits = self.logits(bytes(p).decode())
+            z = np.logaddexp(*logits)
+            out.append([logits[k] - z for k in which])
+        return np.array(out, np.float32)
 
     def complete(self, ids, cfg, seed=0, transcript=True, desc=None):
         self.calls["complete"] += 1

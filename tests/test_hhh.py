@@ -182,14 +182,15 @@ class PlantedScorer:
         b = body.split("\n(B) ", 1)[1].split("\n")[0]
         return self.strength * ("SAFE" in a) + self.bias, self.strength * ("SAFE" in b)
 
-    def score(self, ids, conts):
+    def score_choices(self, ids, choices):
+        which = [prompts.OPTIONS.index(TOK.decode(c)) for c in choices]
         out = []
-        for p, c in zip(ids, conts):
+        for p in ids:
             self.prompts.append(TOK.decode(p))
-            la, lb = self.logits(TOK.decode(p))
-            mine = la if TOK.decode(c) == prompts.OPTIONS[0] else lb
-            out.append(np.array([mine - np.logaddexp(la, lb) - math.log(2)], np.float32))
-        return out
+            logits = self.logits(TOK.decode(p))
+            z = np.logaddexp(*logits) + math.log(2)
+            out.append([logits[k] - z for k in which])
+        return np.array(out, np.float32)
 
 
 def planted_items(n, n_right, seed=0):
