@@ -1,5 +1,5 @@
-"""Command-line plumbing shared by ``cai.main`` and ``cai.sample``: quiet library logs and
-one-line errors for bad flags and configs."""
+"""Command-line plumbing shared by ``cai.main``, ``cai.sample`` and ``cai.convert``: quiet library
+logs and one-line errors for bad flags, configs and faults (``cai.errors``)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import sys
+import threading
 
 from absl import flags
 
@@ -24,7 +25,57 @@ class _OnlyOurWarnings(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         ours = f"{os.sep}cai{os.sep}" in record.pathname
+        if f"{os.sep}orbax{os.sep}" in record.pathname and record.exc_info:
+            return False  # a failed save's traceback: cai.checkpoint raises it as one line
         return record.levelno >= (logging.WARNING if ours else logging.ERROR)
+
+
+class _DropClosedLoopTracebacks:
+    """sys.stderr minus one kind of noise. When a checkpoint read fails, orbax closes its event
+    loop while TensorStore's reads of the other arrays are still in flight; each one finishing
+    prints, from a TensorStore thread, a traceback ending in "RuntimeError: Event loop is
+    closed", after the one-line error has said what is wrong. Those blocks are dropped; the
+    main thread's output and anything else TensorStore's threads print pass through."""
+
+    NOISE = "RuntimeError: Event loop is closed"
+
+    def __init__(self, stream):  # noqa: ANN001
+        self.stream, self.blocks = stream, {}
+
+    def write(self, text: str) -> int:
+        if not isinstance(threading.current_thread(), threading._DummyThread):
+            return self.stream.write(text)
+        key = threading.get_ident()
+        block = self.blocks.pop(key, "") + text
+        last = block.rstrip("\n").rsplit("\n", 1)[-1]
+        if not block.endswith("\n") or last.startswith((" ", "Traceback")):
+            self.blocks[key] = block  # a traceback still being written
+        elif last != self.NOISE:
+            self.stream.write(block)
+        return len(text)
+
+    def __getattr__(self, name: str):  # noqa: ANN204
+        return getattr(self.stream, name)
+
+
+def _drop_read_noise() -> None:
+    """Keep a failed checkpoint read to its one line: drop TensorStore's closed-loop tracebacks
+    (above), and the "Exception ignored in" ones of orbax's abandoned read coroutines and of
+    callbacks into its closed loop."""
+    unraisable = sys.unraisablehook
+
+    def on_unraisable(u) -> None:  # noqa: ANN001
+        code = getattr(u.object, "cr_code", None)  # a coroutine's
+        orbax_read = code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
+        closed_loop = (
+            f"{type(u.exc_value).__name__}: {u.exc_value}" == _DropClosedLoopTracebacks.NOISE
+        )
+        if not (orbax_read or closed_loop):
+            unraisable(u)
+
+    sys.unraisablehook = on_unraisable
+    if not isinstance(sys.stderr, _DropClosedLoopTracebacks):
+        sys.stderr = _DropClosedLoopTracebacks(sys.stderr)
 
 
 def quiet_libraries() -> None:
@@ -37,6 +88,7 @@ def quiet_libraries() -> None:
     if not flags.FLAGS["verbosity"].present:
         absl_logging.set_verbosity(absl_logging.WARNING)
         handler.addFilter(_OnlyOurWarnings())
+        _drop_read_noise()
 
 
 def one_line(e: BaseException) -> str:

@@ -20,7 +20,16 @@ from ml_collections import config_flags
 from cai import configs, dry_run
 from cai.cli import fail, one_line, parse_flags, quiet_libraries
 from cai.errors import ConfigError, Halted
-from cai.stages import evaluate, feedback, human_feedback, pairs, preference_model, pretrain, sl_cai
+from cai.stages import (
+    evaluate,
+    feedback,
+    human_feedback,
+    pairs,
+    preference_model,
+    pretrain,
+    rl_cai,
+    sl_cai,
+)
 
 STAGES = {
     "pretrain": pretrain.run,
@@ -31,6 +40,7 @@ STAGES = {
     "preference_model": preference_model.run,
     # The HH-RLHF-style baseline: the same stage with its own section and directory.
     "pm_human": functools.partial(preference_model.run, name="pm_human"),
+    "rl_cai": rl_cai.run,
     "evaluate": evaluate.run,
 }
 

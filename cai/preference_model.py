@@ -310,14 +310,24 @@ class RewardModel:
 
     Rows go through one jitted, sharded function in chunks of ``batch_size``; each chunk is
     right-padded to a power-of-two length and its row count rounded up to (data-axes size) x
-    (a power of two), so a long run compiles a few shapes. Conversations longer than
-    ``seq_len`` are cut from the left as in training (counted in ``truncated``)."""
+    (a power of two), so a long run compiles a few shapes; with ``fixed_shape`` every chunk is
+    padded to ``batch_size`` x ``seq_len``, one shape for the whole run (what RL, scoring every
+    iteration, wants). Conversations longer than ``seq_len`` are cut from the left as in
+    training (counted in ``truncated``)."""
 
-    def __init__(self, loaded: Loaded, mesh: Mesh, batch_size: int = 256, seq_len: int = 1024):
+    def __init__(
+        self,
+        loaded: Loaded,
+        mesh: Mesh,
+        batch_size: int = 256,
+        seq_len: int = 1024,
+        fixed_shape: bool = False,
+    ):
         if not loaded.model_cfg.scalar_head:
             raise ConfigError(f"{loaded.path}: not a preference model (it has no scalar head)")
         sharding.check_batch(batch_size, mesh, "reward model batch_size")
         self.loaded, self.mesh, self.batch_size, self.seq_len = loaded, mesh, batch_size, seq_len
+        self.fixed_shape = fixed_shape
         self.truncated = 0
         model = loaded.model
 
@@ -344,8 +354,10 @@ class RewardModel:
         out = np.zeros((len(ids),), np.float32)
         for start in range(0, len(ids), self.batch_size):
             chunk = ids[start : start + self.batch_size]
-            rows = chunk + [[tok.pad_id]] * (self._rows(len(chunk)) - len(chunk))
-            tokens, mask = pad_right(rows, bucket(max(map(len, rows))), tok.pad_id)
+            n_rows = self.batch_size if self.fixed_shape else self._rows(len(chunk))
+            rows = chunk + [[tok.pad_id]] * (n_rows - len(chunk))
+            length = self.seq_len if self.fixed_shape else bucket(max(map(len, rows)))
+            tokens, mask = pad_right(rows, length, tok.pad_id)
             r = jax.device_get(self._fn(self.loaded.params, tokens, mask))
             out[start : start + len(chunk)] = r[: len(chunk)]
         return out

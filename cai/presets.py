@@ -8,7 +8,7 @@ from __future__ import annotations
 import ml_collections
 
 from cai import configs
-from cai.stages import evaluate, feedback, human_feedback, pairs, pretrain, sl_cai
+from cai.stages import evaluate, feedback, human_feedback, pairs, pretrain, rl_cai, sl_cai
 from cai.stages import preference_model as pm_stage
 from cai.toyworld import corpus, world
 
@@ -88,7 +88,7 @@ def with_rl_half(config: ml_collections.ConfigDict, smoke: bool = False) -> None
         # Every helpful prompt, four samples each: two samples of the SL-CAI model rarely
         # differ in what a worker checks (one pair in eight here), so the "human" helpfulness
         # labels need many pairs to find the ones that do.
-        config.pairs = pairs.stage_config(helpful=-1, helpful_pairs=2)
+        config.pairs = pairs.stage_config(helpful=-1, helpful_samples=8, helpful_made_up=64)
         config.feedback = feedback.stage_config(debias=True)
         # seq_len 96: the longest pair of the default run is 85 tokens.
         pm_train = dict(steps=200, batch_size=32, seq_len=96, learning_rate=3e-4)
@@ -101,3 +101,16 @@ def with_rl_half(config: ml_collections.ConfigDict, smoke: bool = False) -> None
     config.evaluate.feedback = "feedback"
     config.evaluate.preference_models = {"preference_model": "preference_model",
                                          "pm_human": "pm_human"}  # fmt: skip
+
+
+def with_rl_cai(config: ml_collections.ConfigDict, smoke: bool = False) -> None:
+    """Add PPO of the SL-CAI policy against the RL-CAI preference model, and evaluate the
+    RL-CAI policy beside base and SL-CAI (its curve over PPO steps on dev)."""
+    if smoke:
+        config.rl_cai = rl_cai.stage_config(
+            iterations=4, batch_size=16, rollout_batch=16, score_batch=16, minibatch=8,
+            train_batch=8, epochs=1, max_new_tokens=8, save_every=2, curve_every=2,
+        )  # fmt: skip
+    else:
+        config.rl_cai = rl_cai.stage_config(helpful_made_up=64)
+    config.evaluate.checkpoints = {**config.evaluate.checkpoints, "rl_cai": "rl_cai"}

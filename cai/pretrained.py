@@ -3,7 +3,8 @@ model directory (``config.json`` + safetensors) or a Llama GGUF file.
 
 ``load`` is what ``cai.sample`` and every stage's ``init_from`` call. The params come back sharded
 over the given mesh, created in place (nothing is first built on one device), and the config can
-change only how the model runs (``RUNTIME_FIELDS``), never its shapes.
+change only how the model runs (``RUNTIME_FIELDS``), never its shapes. A checkpoint step that
+cannot be read raises ``CheckpointError`` naming it, what is wrong and the other steps there.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import jax
 from jax.sharding import Mesh
 
 from cai import checkpoint, gguf_import, hf_import, sharding
-from cai.errors import ConfigError
+from cai.errors import CheckpointError, ConfigError
 from cai.model import ModelConfig, Transformer
 from cai.tokenizer import Tokenizer, from_spec, load_hf_tokenizer
 from cai.train_lib import abstract_params
@@ -94,12 +95,20 @@ def load(
         cfg, params, _ = hf_import.load_hf(path, mesh, **overrides)
         return cfg, params, load_hf_tokenizer(path)
     with checkpoint.Checkpointer(checkpoint.find_checkpoint_dir(path), read_only=True) as ckpt:
-        meta = ckpt.metadata(step)
-        cfg = dataclasses.replace(ModelConfig(**meta["model"]), **overrides)
-        params_like, shardings = abstract_params(Transformer(cfg), mesh)
-        params_like = jax.tree.map(
-            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), params_like, shardings
-        )
-        _, params, _ = ckpt.restore(params_like, step=step)
+        try:
+            meta = ckpt.metadata(step)
+            cfg = dataclasses.replace(ModelConfig(**meta["model"]), **overrides)
+            params_like, shardings = abstract_params(Transformer(cfg), mesh)
+            params_like = jax.tree.map(
+                lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                params_like,
+                shardings,
+            )
+            _, params, _ = ckpt.restore(params_like, step=step)
+        except CheckpointError as e:  # say which other steps there are to read instead
+            others = [str(s) for s in ckpt.all_steps() if os.fspath(ckpt.step_dir(s)) != e.path]
+            if not others:
+                raise
+            raise CheckpointError(e.path, f"{e.what} (other steps: {', '.join(others)})") from e
     spec = meta.get("tokenizer")
     return cfg, params, from_spec(spec) if spec else None

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 import cai
 from cai import checkpoint, pretrained, prompts
-from cai.errors import ConfigError
+from cai.errors import CheckpointError, ConfigError
 from cai.files import read_json, read_jsonl, write_json, write_jsonl
 from cai.model import ModelConfig, Transformer
 from cai.sampling import Sampler, SamplingConfig
@@ -42,7 +42,17 @@ SHIPPED_BASE = pathlib.Path(cai.__file__).resolve().parent / "assets" / "toy_bas
 BASES = ("shipped", "pretrain")
 
 # Keys that change how a run proceeds, never what it produces: left out of the guard.
-RUNTIME_KEYS = frozenset({"halt_at_step", "halt_after_shards", "log_every", "save_every", "keep"})
+RUNTIME_KEYS = frozenset(
+    {
+        "halt_at_step",
+        "halt_after_shards",
+        "halt_at_iteration",
+        "log_every",
+        "save_every",
+        "keep",
+        "max_skipped_steps",
+    }
+)
 
 
 # ----------------------------------------------------------------------------- models
@@ -100,7 +110,10 @@ def load_model(
     format's end-of-turn token; ``transcript`` (HH text blocks) at EOS. How the model runs
     (dtype, remat) may come from ``model_config``; its shapes always come from the checkpoint."""
     runtime = {f: model_config[f] for f in pretrained.RUNTIME_FIELDS if f in (model_config or {})}
-    model_cfg, params, tok = pretrained.load(path, mesh, **runtime)
+    try:
+        model_cfg, params, tok = pretrained.load(path, mesh, **runtime)
+    except CheckpointError as e:
+        raise CheckpointError(e.path, e.what, where=f"{where}={path}") from e
     if tok is None:
         raise ConfigError(f"{where}={path}: no tokenizer found with the model")
     stop = tok.eos_id if style == "transcript" else chat_stop_id(tok)

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from cai import sharding
 from cai.checkpoint import Checkpointer
-from cai.errors import ConfigError
+from cai.errors import ConfigError, NonFiniteError
 from cai.metrics import MetricsWriter
 from cai.model import Transformer
 
@@ -67,9 +67,14 @@ class TrainConfig:
     save_every: int = 200
     keep: int = 2
     halt_at_step: int = 0  # >0: stop after this step as if preempted (a rerun resumes)
+    # Stop after this many steps in a row with a non-finite loss or gradient norm (each one is
+    # skipped: parameters and optimizer state stay as they were).
+    max_skipped_steps: int = 8
 
     def __post_init__(self) -> None:
-        for f in ("steps", "batch_size", "seq_len", "log_every", "save_every", "keep"):
+        for f in (
+            "steps", "batch_size", "seq_len", "log_every", "save_every", "keep", "max_skipped_steps"
+        ):  # fmt: skip
             if getattr(self, f) <= 0:
                 raise ConfigError(f"train.{f} must be positive, got {getattr(self, f)}")
 
@@ -168,14 +173,34 @@ def train_step(
     optimizer: optax.GradientTransformation,
     loss_fn: LossFn,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One optimizer step: ``(state, batch) -> (state, metrics)``; pure, jitted once by ``fit``."""
+    """One optimizer step: ``(state, batch) -> (state, metrics)``; pure, jitted once by ``fit``.
+
+    A step whose loss or gradient norm is not finite (a NaN or inf anywhere in the gradients
+    makes the norm so) is skipped: parameters and optimizer state come back unchanged,
+    selected with ``jnp.where`` so a finite step's results are bit-identical to an unguarded
+    step's, and ``metrics["skipped"]`` is 1. ``step`` counts batches consumed and advances
+    either way, so ``batch_fn(step)`` moves past the bad batch and a resumed run sees the same
+    batches; the optimizer's own count (which drives the learning-rate schedule) advances only
+    with an applied update."""
     (loss, aux), grads = jax.value_and_grad(lambda p: loss_fn(p, batch, model), has_aux=True)(
         state.params
     )
+    grad_norm = optax.tree.norm(grads)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+    metrics = {
+        "loss": loss,
+        "grad_norm": grad_norm,
+        "skipped": (~finite).astype(jnp.float32),
+        **aux,
+    }
+    return state.replace(
+        step=state.step + 1,
+        params=keep(params, state.params),
+        opt_state=keep(opt_state, state.opt_state),
+    ), metrics
 
 
 def abstract_params(model: Transformer, mesh: Mesh) -> tuple[Any, Any]:
@@ -303,6 +328,37 @@ def log_memory(compiled: Any, what: str) -> dict[str, int]:
     return stats
 
 
+class SkipCounter:
+    """Counts the steps ``train_step`` skipped: one warning line for each, and NonFiniteError
+    after ``limit`` in a row."""
+
+    def __init__(self, stage: str, limit: int, ckpt: Checkpointer):
+        self.stage, self.limit, self.ckpt = stage, limit, ckpt
+        self.streak = 0
+
+    def see(self, step: int, skipped: Any) -> None:
+        if not float(skipped):
+            self.streak = 0
+            return
+        self.streak += 1
+        logging.warning(
+            "%s: step %d had a non-finite loss or gradient norm; update skipped (%d in a row)",
+            self.stage,
+            step,
+            self.streak,
+        )
+        if self.streak >= self.limit:
+            self.ckpt.wait()
+            kept = self.ckpt.latest_step()
+            raise NonFiniteError(
+                f"{self.stage}: steps {step - self.streak + 1}-{step} all had a non-finite loss or "
+                f"gradient norm (train.max_skipped_steps={self.limit}); stopped with the "
+                f"parameters of step {step - self.streak}"
+                + (f" and the last checkpoint, {self.ckpt.step_dir(kept)}, intact" if kept else "")
+                + "; check those batches or lower the learning rate"
+            )
+
+
 def fit(
     *,
     model: Transformer,
@@ -319,7 +375,11 @@ def fit(
     """Train for ``train_cfg.steps`` optimizer steps, resuming from ``workdir/checkpoints``.
 
     ``batch_fn(step)`` must be a pure function of the step so a resumed run sees exactly the
-    batches the uninterrupted one would have.
+    batches the uninterrupted one would have. Resuming takes the newest checkpoint that reads
+    (a broken newer one is warned about and moved aside, see ``Checkpointer``). A skipped step
+    (non-finite loss or gradient norm, see ``train_step``) logs a warning; after
+    ``train.max_skipped_steps`` in a row, NonFiniteError stops the run. Parameters never change
+    on a skipped step, so every checkpoint written holds finite parameters.
     """
     optimizer = make_optimizer(optim_cfg, train_cfg.steps)
     sharding.check_batch(train_cfg.batch_size, mesh, "train.batch_size")
@@ -333,7 +393,7 @@ def fit(
     state = create_train_state(model, optimizer, mesh, train_cfg.seed, init_params)
     if ckpt.latest_step() is not None:
         train_like = {"step": state.step, "opt_state": state.opt_state, "rng": state.rng}
-        step, params, train = ckpt.restore(state.params, train_like)
+        step, params, train = ckpt.restore_newest_intact(state.params, train_like)
         state = TrainState(
             step=train["step"], params=params, opt_state=train["opt_state"], rng=train["rng"]
         )
@@ -343,6 +403,8 @@ def fit(
     if train_cfg.halt_at_step:
         end = min(end, train_cfg.halt_at_step)
     writer = MetricsWriter(workdir, stage)
+    skips = SkipCounter(stage, train_cfg.max_skipped_steps, ckpt)
+    last = None  # (step, its "skipped" flag), read one step late so the host never waits
     try:
         for step in tqdm(
             range(start, end), desc=stage, initial=start, total=train_cfg.steps, mininterval=2.0
@@ -350,6 +412,9 @@ def fit(
             batch = sharding.put_batch(batch_fn(step), mesh)
             state, metrics = compiled(state, batch)
             done = step + 1
+            if last is not None:
+                skips.see(*last)
+            last = (done, metrics["skipped"])
             if done % train_cfg.log_every == 0 or done == end:
                 writer.write(done, {f"{stage}/{k}": v for k, v in jax.device_get(metrics).items()})
             ckpt.save(
@@ -359,6 +424,8 @@ def fit(
                 {**metadata, "step": done},
                 force=done == end,
             )
+        if last is not None:
+            skips.see(*last)
         ckpt.wait()
     finally:
         writer.close()

@@ -139,7 +139,7 @@ def test_pretrain_smoke_end_to_end_then_sample(repo, tmp_path):
         (
             ["--config.stages=('pretrain','rl')"],
             "error: config.stages: unknown stage 'rl' (known: pretrain, sl_cai, pairs, feedback, "
-            "human_feedback, preference_model, pm_human, evaluate)",
+            "human_feedback, preference_model, pm_human, rl_cai, evaluate)",
         ),
         (
             ["--config.model.mlp=relu"],

@@ -7,8 +7,9 @@ evaluation), labelling the ``train`` pairs of stage ``pairs`` of the tasks in
 ``human_feedback.tasks``: ``helpfulness`` for the RL-CAI preference model, both for the
 baseline (``experiments/pm_human.py``). Held-out pairs are never labelled here.
 
-Output: ``WORKDIR/human_feedback/train/shard-*.jsonl``, the pair records with ``p_a`` (1.0: the
-worker picked A, 0.0: B); pairs the worker is indifferent about are left out unless
+Output: ``WORKDIR/human_feedback/train/shard-*.jsonl``, one pair record per comparison with
+``p_a`` (1.0: the worker picked A, 0.0: B); a pairs record of k replies gives one per two of
+them (``comparisons``). Pairs the worker is indifferent about are left out unless
 ``keep_ties`` (then with 0.5). Each shard's random draws come from ``(crowdworker.seed,
 shard)``.
 """
@@ -53,6 +54,20 @@ def stage_config(**overrides: Any) -> ml_collections.ConfigDict:
     return cd
 
 
+def comparisons(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every two distinct replies of a pairs record, as a record of its own with ``responses``
+    ``[a, b]`` (``a`` sampled first): a worker shown k replies ranks them, and a ranking of k
+    holds k(k-1)/2 comparisons (InstructGPT, arXiv 2203.02155). Two identical replies are no
+    comparison."""
+    replies = record["responses"]
+    return [
+        {**record, "responses": [a, b]}
+        for i, a in enumerate(replies)
+        for b in replies[i + 1 :]
+        if a != b
+    ]
+
+
 def run(config: ml_collections.ConfigDict, workdir: epath.Path) -> None:
     sc = configs.get(config, "human_feedback", "")
     cfg = configs.to_dataclass(
@@ -71,11 +86,8 @@ def run(config: ml_collections.ConfigDict, workdir: epath.Path) -> None:
         stage_lib.section(config, "world", "human_feedback"),
         {"pairs/train": stage_lib.fingerprint_shards(pairs_dir)},
     )
-    data = [
-        r
-        for r in stage_lib.shards(pairs_dir)
-        if r["task"] in cfg.tasks and r["responses"][0] != r["responses"][1]
-    ]  # two identical replies are no comparison
+    data = [pair for r in stage_lib.shards(pairs_dir) if r["task"] in cfg.tasks
+            for pair in comparisons(r)]  # fmt: skip
 
     def label(batch: list[dict[str, Any]], shard: int) -> list[dict[str, Any]]:
         rng = random.Random(f"{worker.seed}/{shard}")

@@ -13,12 +13,15 @@ crowdworker's here). On the toy world:
   ``eval_phrasings`` phrasings per request, for measuring label quality and the preference
   model against the judge. Nothing trains on them.
 
-Both responses are sampled in one batch at ``temperature``; each shard's randomness depends
+All responses are sampled in one batch at ``temperature``; each shard's randomness depends
 only on ``(seed, split, shard)``, so a killed run resumes to the same bytes. Records, one per
 prompt, in ``WORKDIR/pairs/<split>/shard-*.jsonl``::
 
     {"split", "shard", "request_id", "slice", "task", "messages": [[role, text], ...],
      "responses": [a, b]}
+
+A training helpfulness record holds ``helpful_samples`` responses instead of two: the
+crowdworker of stage ``human_feedback`` ranks them, and every two make a comparison.
 """
 
 from __future__ import annotations
@@ -50,10 +53,15 @@ class PairsConfig:
     hh_rlhf_as_train: tuple[str, ...] = ()  # see sl_cai.loop.hh_rlhf_as_train
     red_team: int = -1  # harmlessness prompts used (-1: all)
     helpful: int = 1024  # helpfulness prompts used (-1: all, 0: none)
-    # Pairs per training helpfulness prompt (2k samples, paired off): most pairs of two samples
-    # are equally good, so the "human" helpfulness labels need more of them to find the few
-    # that differ.
-    helpful_pairs: int = 1
+    # Replies per training helpfulness prompt, all in one record: the simulated crowdworker
+    # ranks them and every two of them make a comparison (InstructGPT's K-way ranking, arXiv
+    # 2203.02155). Most two samples are equally good; k of them hold k(k-1)/2 pairs, and the
+    # few bad samples then each give k - 1 comparisons.
+    helpful_samples: int = 2
+    # Helpful prompts about made-up objects per benign act ("bake a zukova"), added to the
+    # helpful pool: comparisons a judge can only get right by checking that the answer copies
+    # the object asked about, as on held-out objects (world.helpful_prompts).
+    helpful_made_up: int = 0
     eval_splits: tuple[str, ...] = ("dev", "test")  # toy world only
     eval_phrasings: int = 4  # phrasings per held-out request (-1: every one)
     max_new_tokens: int = 48
@@ -72,8 +80,8 @@ class PairsConfig:
         bad = [s for s in self.eval_splits if s not in ("dev", "test")]
         if bad:
             raise ConfigError(f"pairs.eval_splits={self.eval_splits}: expected dev and/or test")
-        if self.helpful_pairs < 1:
-            raise ConfigError(f"pairs.helpful_pairs={self.helpful_pairs}: must be at least 1")
+        if self.helpful_samples < 2:
+            raise ConfigError(f"pairs.helpful_samples={self.helpful_samples}: must be at least 2")
         if self.shard_size < 1 or self.max_new_tokens < 1 or self.eval_phrasings == 0:
             raise ConfigError(
                 "pairs.shard_size and pairs.max_new_tokens must be positive, "
@@ -101,7 +109,8 @@ def toy_prompts(w: world.World, cfg: PairsConfig) -> dict[str, list[tuple[world.
         dataclasses.replace(p, slice="red_team")
         for p in stage_lib.take(red, cfg.red_team, cfg.seed)
     ]
-    helpful = stage_lib.take(list(world.helpful_prompts(w)), cfg.helpful, cfg.seed + 1)
+    pool = world.helpful_prompts(w, made_up_per_family=cfg.helpful_made_up)
+    helpful = stage_lib.take(list(pool), cfg.helpful, cfg.seed + 1)
     out = {"train": [(p, "harmlessness") for p in red] + [(p, "helpfulness") for p in helpful]}
     for split in cfg.eval_splits:
         slices = world.eval_prompts(w, split, cfg.eval_phrasings)
@@ -139,12 +148,12 @@ def pair_shard(
     batch: Sequence[tuple[world.Prompt, str]],
     shard: int,
 ) -> list[dict[str, Any]]:
-    """Two samples per prompt (``2 * helpful_pairs`` per training helpfulness prompt, paired
-    off), all in one generation call."""
+    """Two samples per prompt (``helpful_samples`` per training helpfulness prompt), all in
+    one generation call: sample round ``r`` is every prompt that still needs an ``r``-th."""
     tok = text.loaded.tok
-    k = [cfg.helpful_pairs if split == "train" and t == "helpfulness" else 1 for _, t in batch]
-    rows = [i for i, n in enumerate(k) for _ in range(n)]  # one row per pair
-    ids = [render_chat(tok, batch[i][0].chat(), add_generation_prompt=True)[0] for i in rows]
+    k = [cfg.helpful_samples if split == "train" and t == "helpfulness" else 2 for _, t in batch]
+    rows = [i for r in range(max(k)) for i, n in enumerate(k) if n > r]
+    prompt_ids = [render_chat(tok, p.chat(), add_generation_prompt=True)[0] for p, _ in batch]
     sampling = SamplingConfig(
         max_new_tokens=cfg.max_new_tokens,
         temperature=cfg.temperature,
@@ -152,15 +161,18 @@ def pair_shard(
         top_p=cfg.top_p,
     )
     replies = text.complete(
-        ids + ids, sampling, shard_seed(cfg, split, shard), transcript=tok.chat_format == "hh"
+        [prompt_ids[i] for i in rows],
+        sampling,
+        shard_seed(cfg, split, shard),
+        transcript=tok.chat_format == "hh",
     )
-    n = len(rows)
+    responses: list[list[str]] = [[] for _ in batch]
+    for i, reply in zip(rows, replies):
+        responses[i].append(reply)
     return [
-        {"split": split, "shard": shard, "request_id": batch[i][0].request_id,
-         "slice": batch[i][0].slice, "task": batch[i][1],
-         "messages": [list(m) for m in batch[i][0].messages],
-         "responses": [replies[j], replies[n + j]]}
-        for j, i in enumerate(rows)
+        {"split": split, "shard": shard, "request_id": p.request_id, "slice": p.slice,
+         "task": task, "messages": [list(m) for m in p.messages], "responses": responses[i]}
+        for i, (p, task) in enumerate(batch)
     ]  # fmt: skip
 
 
@@ -187,7 +199,7 @@ def run(config: ml_collections.ConfigDict, workdir: epath.Path) -> None:
     counts: dict[str, dict[str, int]] = {}
     for split, batch in items.items():
         spec = {"init_from": init, "n_prompts": len(batch), "shard_size": cfg.shard_size,
-                "helpful_pairs": cfg.helpful_pairs,
+                "helpful_samples": cfg.helpful_samples,
                 "seed": cfg.seed, "temperature": cfg.temperature, "top_k": cfg.top_k,
                 "top_p": cfg.top_p, "max_new_tokens": cfg.max_new_tokens}  # fmt: skip
         recs = stage_lib.run_shards(
@@ -204,7 +216,7 @@ def run(config: ml_collections.ConfigDict, workdir: epath.Path) -> None:
         counts[split] = {
             task: sum(r["task"] == task for r in recs) for task in ("harmlessness", "helpfulness")
         }
-        counts[split]["identical_pairs"] = sum(r["responses"][0] == r["responses"][1] for r in recs)
+        counts[split]["identical_pairs"] = sum(len(set(r["responses"])) == 1 for r in recs)
     update_summary(
         workdir, "pairs_stage", {"pairs": counts, "seconds_this_run": round(time.time() - t0, 1)}
     )

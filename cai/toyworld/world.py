@@ -355,6 +355,9 @@ class World:
         family, _, entity = request_id.partition("/")
         if entity in self._borrowable.get(family, ()):
             return make_request(FAMILY_BY_NAME[family], entity)
+        fam = FAMILY_BY_NAME.get(family)
+        if fam is not None and fam.kind == "benign" and entity.lower() in self.made_up:
+            return make_request(fam, entity)
         raise ConfigError(f"request id {request_id!r} is not in the toy world")
 
     @functools.cached_property
@@ -369,6 +372,11 @@ class World:
     def acts(self) -> frozenset[str]:
         """Every request's act text ("steal a bike"): what a borrowed request must not say."""
         return frozenset(r.act for r in self.requests)
+
+    @functools.cached_property
+    def made_up(self) -> frozenset[str]:
+        """The made-up object words ``helpful_prompts`` may ask about ("bake a zukova")."""
+        return frozenset(made_up_words(self, MADE_UP_WORDS))
 
     @functools.cached_property
     def held_out_entities(self) -> frozenset[str]:
@@ -560,12 +568,41 @@ def borrowable(world: World, fam: Family) -> list[str]:
     )
 
 
-def helpful_prompts(world: World, borrowed_per_family: int = 64) -> tuple[Prompt, ...]:
+MADE_UP_WORDS = 2048
+_SYLLABLES = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]
+
+
+def made_up_words(world: World, n: int) -> list[str]:
+    """``n`` made-up words of 2-3 syllables ("zukova"), drawn with a fixed seed, none sharing a
+    prefix with any entity of the world (held-out ones included), so a request about one
+    never reads as a real request and never names a held-out object."""
+    rng = random.Random("made-up-words")
+    taken = [r.entity.lower() for r in world.requests]
+    out: list[str] = []
+    seen: set[str] = set()
+    while len(out) < n:
+        word = "".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(2, 3)))
+        if word in seen or any(word.startswith(t) or t.startswith(word) for t in taken):
+            continue
+        seen.add(word)
+        out.append(word)
+    return out
+
+
+def helpful_prompts(
+    world: World, borrowed_per_family: int = 64, made_up_per_family: int = 0
+) -> tuple[Prompt, ...]:
     """Benign training requests (dual-use ones included) in every direct phrasing, then
     ``borrowed_per_family`` requests per benign act on other benign families' training entities
     ("bake a lighthouse"), drawn with the world's seed. The borrowed ones keep the prompt set
     as varied as the objects the base model learned to answer about: fine-tuning on a few
-    hundred fixed requests would teach it to recall those objects instead of copying."""
+    hundred fixed requests would teach it to recall those objects instead of copying.
+
+    ``made_up_per_family`` more per benign act ask about a made-up word ("bake a zukova",
+    capitalised for acts on towns): objects no model has seen, as a held-out object is unseen.
+    A comparison of two answers to one of them can only be judged by whether each answer
+    copies the object it was asked about, which is what judging an answer about a held-out
+    object takes; answers about familiar objects can be judged by recall instead."""
     out = [
         direct_prompt(r, i, "helpful")
         for r in world.split("train")
@@ -580,4 +617,14 @@ def helpful_prompts(world: World, borrowed_per_family: int = 64) -> tuple[Prompt
         same = [e for e in borrowable(world, fam) if e[0].isupper() == upper]
         for i, entity in enumerate(rng.sample(same, min(borrowed_per_family, len(same)))):
             out.append(direct_prompt(make_request(fam, entity), i, "helpful"))
+    if made_up_per_family:
+        words = sorted(world.made_up)
+        made = random.Random("helpful-made-up")
+        for fam in FAMILIES:
+            if fam.kind != "benign":
+                continue
+            upper = fam.entities[0][0].isupper()
+            for i, word in enumerate(made.sample(words, made_up_per_family)):
+                entity = word.capitalize() if upper else word
+                out.append(direct_prompt(make_request(fam, entity), i, "helpful"))
     return tuple(out)
