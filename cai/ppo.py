@@ -51,14 +51,18 @@ def token_logprobs(logits: jax.Array, tokens: jax.Array, temperature: float) -> 
     return picked - jax.nn.logsumexp(z, axis=-1)
 
 
-def entropy(logits: jax.Array, temperature: float, mask: jax.Array) -> jax.Array:
-    """Mean entropy per real token of the sampled distribution ``p = softmax(z / T)``:
-    ``H_t = −Σ_v p_v log p_v = logsumexp(z/T) − Σ_v p_v z_v/T``, averaged over ``mask``. A
-    collapsing entropy is the first sign of a policy that found one answer for everything."""
+def token_entropy(logits: jax.Array, temperature: float) -> jax.Array:
+    """Entropy [B, T] of the sampled distribution ``p = softmax(z / T)`` at each position:
+    ``H_t = −Σ_v p_v log p_v = logsumexp(z/T) − Σ_v p_v z_v/T``."""
     z = logits.astype(jnp.float32) / temperature
     lse = jax.nn.logsumexp(z, axis=-1)
-    h = lse - jnp.sum(jax.nn.softmax(z, axis=-1) * z, axis=-1)  # [B, T]
-    return masked_mean(h, mask)
+    return lse - jnp.sum(jax.nn.softmax(z, axis=-1) * z, axis=-1)
+
+
+def entropy(logits: jax.Array, temperature: float, mask: jax.Array) -> jax.Array:
+    """``token_entropy`` averaged over ``mask``. A collapsing entropy is the first sign of a
+    policy that found one answer for everything."""
+    return masked_mean(token_entropy(logits, temperature), mask)
 
 
 # ----------------------------------------------------------------------------- KL estimates

@@ -76,8 +76,7 @@ def score_rollout(
     else:
         _, values = response_view(value_params, tokens, mask, value_model, n_new)
     logp = ppo.token_logprobs(logits, resp, temperature)
-    z = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, -1)
-    ent = -jnp.sum(jnp.exp(z) * z, -1)  # [B, N]
+    ent = ppo.token_entropy(logits, temperature)  # [B, N]
     return {
         "logp": logp * rmask,
         "logp_ref": ppo.token_logprobs(ref_logits, resp, temperature) * rmask,

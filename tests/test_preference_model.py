@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from tiny_models import random_params
 
 from cai import configs, dry_run, pretrained, sharding, stage_lib, train_lib
 from cai import preference_model as pm
@@ -32,19 +33,8 @@ TINY = ModelConfig(
 
 @functools.cache
 def lm_params():
-    """A tiny random LM, drawn as ``model.init`` would (normal with std 1/sqrt(fan-in), norm
-    scales 1) but in numpy: compiling the init would cost seconds."""
-    shapes, _ = train_lib.abstract_params(Transformer(TINY), sharding.single_device_mesh())
-    rng = np.random.default_rng(0)
-
-    def draw(path, leaf):
-        name, shape = path[-1].key, leaf.shape
-        if name == "scale":
-            return np.ones(shape, np.float32)
-        fan_in = {"embedding": shape[-1], "o": math.prod(shape[:2])}.get(name, shape[0])
-        return rng.normal(0.0, fan_in**-0.5, shape).astype(np.float32)
-
-    return jax.device_put(jax.tree_util.tree_map_with_path(draw, shapes))
+    """A tiny random LM (``tiny_models.random_params``)."""
+    return jax.device_put(random_params(TINY))
 
 
 def on_mesh(params, mesh):

@@ -6,12 +6,12 @@ uninterrupted run (toy-world prompts, a tiny PM as reward and value model)."""
 import dataclasses
 import functools
 import logging
-import math
 
 import jax
 import ml_collections
 import numpy as np
 import pytest
+from tiny_models import random_params
 
 from cai import configs, pretrained, sharding, stage_lib, train_lib
 from cai import preference_model as pm
@@ -31,18 +31,8 @@ TINY = ModelConfig(
 
 @functools.cache
 def lm_params(seed=0):
-    """A tiny random LM drawn in numpy (normal, std 1/sqrt(fan-in); norm scales 1)."""
-    shapes, _ = train_lib.abstract_params(Transformer(TINY), sharding.single_device_mesh())
-    rng = np.random.default_rng(seed)
-
-    def draw(path, leaf):
-        name, shape = path[-1].key, leaf.shape
-        if name == "scale":
-            return np.ones(shape, np.float32)
-        fan_in = {"embedding": shape[-1], "o": math.prod(shape[:2])}.get(name, shape[0])
-        return rng.normal(0.0, fan_in**-0.5, shape).astype(np.float32)
-
-    return jax.tree_util.tree_map_with_path(draw, shapes)
+    """A tiny random LM (``tiny_models.random_params``)."""
+    return random_params(TINY, seed)
 
 
 def loaded(mesh, params=None, cfg=TINY):

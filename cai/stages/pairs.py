@@ -96,15 +96,7 @@ def stage_config(**overrides: Any) -> ml_collections.ConfigDict:
 def toy_prompts(w: world.World, cfg: PairsConfig) -> dict[str, list[tuple[world.Prompt, str]]]:
     """(prompt, task) per split: training red-team prompts in every direct and adversarial
     phrasing and helpful prompts; the held-out splits' evaluation slices."""
-    red = [
-        p
-        for r in w.split("train")
-        if r.harmful
-        for p in (
-            *(world.direct_prompt(r, i, "red_team") for i in range(len(world.DIRECT))),
-            *(world.adversarial_prompt(r, i) for i in range(len(world.ADVERSARIAL))),
-        )
-    ]
+    red = list(world.attack_prompts(w))
     red = [
         dataclasses.replace(p, slice="red_team")
         for p in stage_lib.take(red, cfg.red_team, cfg.seed)

@@ -41,7 +41,7 @@ import dataclasses
 import functools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -163,16 +163,7 @@ def toy_prompts(w: world.World, made_up: int = 0) -> tuple[list[world.Prompt], l
     """(red-team, helpful) training prompts: harmful training requests in every direct and
     adversarial phrasing, and the helpful prompts SL-CAI used, plus ``made_up`` per benign act
     about made-up objects. No held-out entity."""
-    red = [
-        p
-        for r in w.split("train")
-        if r.harmful
-        for p in (
-            *(world.direct_prompt(r, i, "red_team") for i in range(len(world.DIRECT))),
-            *(world.adversarial_prompt(r, i) for i in range(len(world.ADVERSARIAL))),
-        )
-    ]
-    return red, list(world.helpful_prompts(w, made_up_per_family=made_up))
+    return list(world.attack_prompts(w)), list(world.helpful_prompts(w, made_up_per_family=made_up))
 
 
 def draw_prompts(
@@ -205,9 +196,9 @@ class _Timer:
         return now
 
 
-Conversation = Sequence[Sequence[str]]  # (role, content) pairs ending with a user turn
-# (conversations, replies) -> {"score": [B], optionally "heldout": [B]}: the PMs' verdicts.
-RewardFn = Callable[[list[Conversation], list[str]], dict[str, np.ndarray]]
+# (conversations ending with a user turn, replies) -> {"score": [B], optionally "heldout":
+# [B]}: the PMs' verdicts.
+RewardFn = Callable[[list[pm.Messages], list[str]], dict[str, np.ndarray]]
 
 
 @dataclasses.dataclass
@@ -346,7 +337,7 @@ class PPOTrainer:
 
     # -- one iteration
 
-    def rollout(self, it: int, convs: list[Conversation]) -> tuple[np.ndarray, ...]:
+    def rollout(self, it: int, convs: list[pm.Messages]) -> tuple[np.ndarray, ...]:
         """(prompt ids, prompt mask, response tokens, response mask), sampled with key
         ``fold_in(seed, it)`` and one sub-key per generation call."""
         cfg, tok = self.cfg, self.tok
@@ -375,7 +366,7 @@ class PPOTrainer:
         return texts, np.asarray(missing, np.float32)
 
     def iteration(
-        self, it: int, convs: list[Conversation]
+        self, it: int, convs: list[pm.Messages]
     ) -> tuple[dict[str, float], list[str], np.ndarray]:
         """One PPO iteration on ``convs``: (metrics, the replies, their PM scores)."""
         cfg, mesh = self.cfg, self.mesh
@@ -518,7 +509,7 @@ def run(config: ml_collections.ConfigDict, workdir: epath.Path, name: str = "rl_
         hs = _reward_stats(held_path, f"{name}.heldout_reward_model")
         scores.heldout_mean, scores.heldout_std = hs["mean"], hs["std"]
 
-    def reward_fn(convs: list[Conversation], texts: list[str]) -> dict[str, np.ndarray]:
+    def reward_fn(convs: list[pm.Messages], texts: list[str]) -> dict[str, np.ndarray]:
         scored = [(*c, ("assistant", r)) for c, r in zip(convs, texts)]
         out = {"score": rm.rewards(scored)}
         if held_rm is not None:

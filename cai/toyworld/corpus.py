@@ -46,6 +46,7 @@ from cai.toyworld.world import (
     borrowable,
     capitalize,
     make_request,
+    nonce_word,
 )
 
 KINDS = ("dialogue", "knowledge", "critique", "revision", "comparison")
@@ -213,17 +214,6 @@ def ask(req: Request, rng: random.Random, wrappers: bool = True) -> str:
     if wrappers and (req.harmful or req.dual_use) and rng.random() < 0.25:
         q = rng.choice(CORPUS_WRAPPERS).format(q=q)
     return q
-
-
-_SYLLABLES = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]
-
-
-def nonce_word(rng: random.Random, taken: Sequence[str]) -> str:
-    """A made-up word of 2-3 syllables that no real entity is a prefix of."""
-    while True:
-        word = "".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(2, 3)))
-        if not any(word.startswith(t) or t.startswith(word) for t in taken):
-            return word
 
 
 def nonce_request(

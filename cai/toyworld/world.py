@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import random
+from collections.abc import Sequence
 
 from cai.errors import ConfigError
 
@@ -526,13 +527,28 @@ def eval_prompts(world: World, split: str, phrasings: int = -1) -> dict[str, tup
 
 def red_team_prompts(world: World) -> tuple[Prompt, ...]:
     """Harmful training requests in every direct phrasing: the prompts SL-CAI revises. No
-    held-out entity and no adversarial phrasing appears here (stage pairs adds the adversarial
-    forms of the same training requests)."""
+    held-out entity and no adversarial phrasing appears here (``attack_prompts`` adds the
+    adversarial forms of the same training requests)."""
     return tuple(
         direct_prompt(r, i, "red_team")
         for r in world.split("train")
         if r.harmful
         for i in range(len(DIRECT))
+    )
+
+
+def attack_prompts(world: World) -> tuple[Prompt, ...]:
+    """Harmful training requests in every direct phrasing and every adversarial form, request
+    by request: the red-team prompts of the RL half (stage ``pairs`` samples them, stage
+    ``rl_cai`` trains on them; red-teamers attack). No held-out entity."""
+    return tuple(
+        p
+        for r in world.split("train")
+        if r.harmful
+        for p in (
+            *(direct_prompt(r, i, "red_team") for i in range(len(DIRECT))),
+            *(adversarial_prompt(r, i) for i in range(len(ADVERSARIAL))),
+        )
     )
 
 
@@ -572,8 +588,16 @@ MADE_UP_WORDS = 2048
 _SYLLABLES = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]
 
 
+def nonce_word(rng: random.Random, taken: Sequence[str]) -> str:
+    """A made-up word of 2-3 syllables that no real entity is a prefix of."""
+    while True:
+        word = "".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(2, 3)))
+        if not any(word.startswith(t) or t.startswith(word) for t in taken):
+            return word
+
+
 def made_up_words(world: World, n: int) -> list[str]:
-    """``n`` made-up words of 2-3 syllables ("zukova"), drawn with a fixed seed, none sharing a
+    """``n`` distinct ``nonce_word``s ("zukova"), drawn with a fixed seed, none sharing a
     prefix with any entity of the world (held-out ones included), so a request about one
     never reads as a real request and never names a held-out object."""
     rng = random.Random("made-up-words")
@@ -581,11 +605,10 @@ def made_up_words(world: World, n: int) -> list[str]:
     out: list[str] = []
     seen: set[str] = set()
     while len(out) < n:
-        word = "".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(2, 3)))
-        if word in seen or any(word.startswith(t) or t.startswith(word) for t in taken):
-            continue
-        seen.add(word)
-        out.append(word)
+        word = nonce_word(rng, taken)
+        if word not in seen:
+            seen.add(word)
+            out.append(word)
     return out
 
 
