@@ -8,6 +8,9 @@ so a config for a pod can be checked on a laptop with fake devices
 * the train step of every stage in ``config.stages`` that has ``train`` and ``optim`` sections
   (with the preference-model loss on a scalar-head model, and ``train.batch_size`` pairs of
   rows, for a stage whose section also has a ``pm`` part);
+* for every RL stage (a section with ``rollout_batch``: ``rl_cai`` and the PPO/RLOO baselines)
+  PPO's steps at its shapes: the rollout's generation, the scoring of policy, reference and
+  value log-probs, the PM's scoring, and the policy and value updates;
 * from the optional ``config.dry_run`` section (``DryRunConfig``): a fine-tuning train step
   (SL-CAI / preference model shapes), ``generate`` (critiques, revisions, PPO rollouts) and
   ``score`` (feedback-model log-probs) at the shapes the later stages will use.
@@ -28,10 +31,10 @@ import jax.numpy as jnp
 import ml_collections
 from jax.sharding import Mesh
 
-from cai import configs, pretrained, sharding
+from cai import configs, pretrained, rl_lib, sharding
 from cai.model import ModelConfig, Transformer
 from cai.preference_model import pm_loss
-from cai.sampling import SamplingConfig, generate, score
+from cai.sampling import SamplingConfig, bucket, generate, score
 from cai.train_lib import (
     OptimConfig,
     TrainConfig,
@@ -165,6 +168,8 @@ def steps_of(config: ml_collections.ConfigDict) -> list[tuple[str, dict[str, Any
             if "pm" in section:  # a preference model: scalar head, pairwise loss
                 what["pm"] = True
             out.append((f"{stage}/train_step", what))
+        elif section is not None and "rollout_batch" in section:
+            out.extend((f"{stage}/{step}", {"rl": section}) for step in RL_STEPS)
     if "dry_run" in config:
         d = configs.to_dataclass(DryRunConfig, config.dry_run, "dry_run")
         tc = TrainConfig(batch_size=d.train_batch_size, seq_len=d.train_seq_len)
@@ -176,6 +181,74 @@ def steps_of(config: ml_collections.ConfigDict) -> list[tuple[str, dict[str, Any
         )
         out.append(("score", {"score": (d.score_batch_size, d.score_prompt_len, d.score_len)}))
     return out
+
+
+RL_STEPS = ("rollout_generate", "rollout_scoring", "pm_scoring", "policy_update", "value_update")
+
+
+def compile_rl(
+    model_cfg: ModelConfig, mesh: Mesh, rl: ml_collections.ConfigDict
+) -> dict[str, dict[str, Any]]:
+    """PPO's compiled steps for an RL section (``cai.stages.rl_cai.RLConfig`` fields), from
+    shapes only: the policy and reference are ``model_cfg``; the value model (``value=model``)
+    and the PM are the same architecture with a scalar head."""
+    head_cfg = dataclasses.replace(model_cfg, scalar_head=True)
+    policy = Transformer(head_cfg if rl.value == "head" else model_cfg)
+    reference, pm_model = Transformer(model_cfg), Transformer(head_cfg)
+    value_model = pm_model if rl.value == "model" else None
+    shaped = lambda m: _with_sharding(*abstract_params(m, mesh))  # noqa: E731
+    p_params, r_params, v_params = shaped(policy), shaped(reference), shaped(pm_model)
+    n_new, seq = rl.max_new_tokens, rl.prompt_len + rl.max_new_tokens
+    out: dict[str, dict[str, Any]] = {}
+    sampling = SamplingConfig(max_new_tokens=n_new, temperature=rl.temperature)
+    _, mem = rl_lib.compile_generate(
+        policy, p_params, mesh, rl.rollout_batch, rl.prompt_len, sampling, 1, 0
+    )
+    out["rollout_generate"] = {"shape": f"batch {rl.rollout_batch}, prompt {rl.prompt_len} "
+                                        f"+ {n_new} new", **mem}  # fmt: skip
+    _, mem = rl_lib.compile_score(
+        policy, reference, value_model, (p_params, r_params, v_params if value_model else None),
+        mesh, rl.score_batch, seq, n_new, rl.temperature,
+    )  # fmt: skip
+    out["rollout_scoring"] = {"shape": f"batch {rl.score_batch} x {seq}", **mem}
+    pm_len = bucket(seq + 16)  # as the stage: the PM's rendering adds a few tokens
+    compiled = compile_pm_scores(pm_model, mesh, rl.score_batch, pm_len)
+    out["pm_scoring"] = {"shape": f"batch {rl.score_batch} x {pm_len}", **memory(compiled)}
+    shapes = {
+        "tokens": ((rl.train_batch, seq), jnp.int32),
+        "mask": ((rl.train_batch, seq), jnp.bool_),
+        **{k: ((rl.train_batch, n_new), jnp.float32)
+           for k in ("logp_old", "advantages", "values_old", "returns")},
+    }  # fmt: skip
+    opt = make_optimizer(OptimConfig(), 1)
+    loss = functools.partial(
+        rl_lib.ppo_policy_loss, n_new=n_new, temperature=rl.temperature, clip_eps=rl.clip_eps,
+        value_clip=rl.value_clip, vf_coef=rl.vf_coef, value_head=rl.value == "head",
+    )  # fmt: skip
+    shape = f"batch {rl.train_batch} x {seq}"
+    compiled = compile_train_step(policy, opt, mesh, shapes, loss)
+    out["policy_update"] = {"shape": shape, **memory(compiled)}
+    if value_model is not None:
+        v_loss = functools.partial(rl_lib.ppo_value_loss, n_new=n_new, value_clip=rl.value_clip)
+        compiled = compile_train_step(value_model, opt, mesh, shapes, v_loss)
+        out["value_update"] = {"shape": shape, **memory(compiled)}
+    else:
+        out["value_update"] = {"shape": f"none (value={rl.value})"}
+    return out
+
+
+def compile_pm_scores(model: Transformer, mesh: Mesh, batch: int, length: int) -> Any:
+    """The PM's forward over right-padded rows [batch, length] (its values), from shapes."""
+    params, p_shard = abstract_params(model, mesh)
+
+    def run(params: Any, tokens: jax.Array, mask: jax.Array) -> Any:
+        with sharding.activation_context(mesh):
+            return model.apply({"params": params}, tokens, mask, compute_logits=False).values
+
+    b = sharding.batch_sharding(mesh, 2)
+    args = [jax.ShapeDtypeStruct((batch, length), d, sharding=b) for d in (jnp.int32, jnp.bool_)]
+    jitted = jax.jit(run, in_shardings=(p_shard, b, b))
+    return jitted.lower(_with_sharding(params, p_shard), *args).compile()
 
 
 def run(config: ml_collections.ConfigDict, print_fn: Any = print) -> dict[str, dict[str, Any]]:
@@ -196,12 +269,23 @@ def run(config: ml_collections.ConfigDict, print_fn: Any = print) -> dict[str, d
         f"param_dtype {model_cfg.param_dtype}, compute {model_cfg.dtype}, remat {model_cfg.remat}"
     )
     steps = steps_of(config)
+    rl_compiled: dict[str, dict[str, dict[str, Any]]] = {}
     for name, what in steps:  # every batch size first: fail before minutes of compiling
+        if "rl" in what:
+            for field in ("rollout_batch", "score_batch", "train_batch"):
+                sharding.check_batch(what["rl"][field], mesh, f"{name.split('/')[0]}.{field}")
+            continue
         batch = next(iter(what.values()))[0]
         where = {"generate": "dry_run.sample_batch_size", "score": "dry_run.score_batch_size"}
         sharding.check_batch(batch, mesh, where.get(name, f"{name} batch_size"))
     results: dict[str, dict[str, Any]] = {}
     for name, what in steps:
+        if "rl" in what:
+            stage, step = name.split("/")
+            if stage not in rl_compiled:
+                rl_compiled[stage] = compile_rl(model_cfg, mesh, what["rl"])
+            results[name] = rl_compiled[stage][step]
+            continue
         if "train" in what:
             batch, seq, oc, tc = what["train"]
             if what.get("pm"):

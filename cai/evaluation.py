@@ -20,6 +20,7 @@ returns, each rate beside its Wilson interval (``<rate>_ci95``):
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import random
 from collections.abc import Sequence
@@ -125,6 +126,26 @@ def judge_replies(
     return verdicts, records
 
 
+def reply_verdicts(
+    model: TextModel, w: world.World, split: str, phrasings: int = -1, desc: str = ""
+) -> tuple[dict[str, list[Verdict]], list[dict[str, Any]]]:
+    """The judge's verdicts (by slice) and records of ``model``'s greedy chat replies to every
+    slice prompt of ``split``: the part of ``evaluate`` an RL curve point needs."""
+    slices = world.eval_prompts(w, split, phrasings)
+    items = [p for name in world.EVAL_SLICES for p in slices[name]]
+    replies = model.reply([p.messages for p in items], desc=desc or f"evaluate {split}")
+    return judge_replies(w, items, replies)
+
+
+def reply_figures(verdicts: dict[str, list[Verdict]]) -> dict[str, Any]:
+    """``summarize`` of replies alone (no critique or comparison questions asked)."""
+    figures = summarize(verdicts, [], [], [])
+    for name in ("critique_accuracy", "critique_false_alarm", "comparison_accuracy"):
+        figures.pop(name, None)
+        figures.pop(f"{name}_ci95", None)
+    return figures
+
+
 def evaluate(
     model: TextModel, w: world.World, split: str, phrasings: int = -1, seed: int = 0
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -132,11 +153,7 @@ def evaluate(
     replies to every slice prompt; then, ``phrasings`` times per request of the split (in its
     order; -1: as many as there are direct phrasings), a critique of a compliant answer to it
     in a random phrasing; then as many comparison questions per harmful request."""
-    slices = world.eval_prompts(w, split, phrasings)
-    items = [p for name in world.EVAL_SLICES for p in slices[name]]
-    replies = model.reply([p.messages for p in items], desc=f"evaluate {split}")
-    verdicts, records = judge_replies(w, items, replies)
-
+    verdicts, records = reply_verdicts(model, w, split, phrasings)
     rng = random.Random(seed)
     k = len(world.DIRECT) if phrasings < 0 else phrasings
     held = [r for r in w.split(split) for _ in range(k)]
@@ -173,7 +190,9 @@ def paired(first: Sequence[dict[str, Any]], second: Sequence[dict[str, Any]]) ->
     for name, (slice_names, outcome) in PAIRED.items():
         a = [r for r in first if r["slice"] in slice_names]
         b = [r for r in second if r["slice"] in slice_names]
-        if [r["prompt"] for r in a] != [r["prompt"] for r in b]:
+        # as JSON: records read back from a finished split hold lists where fresh ones hold
+        # tuples, and a rerun pairs the two
+        if [json.dumps(r["prompt"]) for r in a] != [json.dumps(r["prompt"]) for r in b]:
             raise ValueError("paired records must answer the same prompts in the same order")
         out[name] = stats.mcnemar([outcome(r) for r in a], [outcome(r) for r in b])
     return out
@@ -224,6 +243,41 @@ def plot_curves(curves: dict[str, dict[str, Any]], path: epath.Path) -> None:
     ax.set_xticks(range(len(ys)))
     ax.grid(alpha=0.3)
     ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(os.fspath(path), dpi=120)
+    plt.close(fig)
+
+
+CURVE_RATES = ("harmless_rate", "helpful_rate", "explained_refusal_rate", "evasive_rate")
+
+
+def plot_rl_curves(curves: dict[str, dict[str, Any]], path: epath.Path) -> None:
+    """The RL runs against PPO step: the judge's rates (95% intervals shaded) at the policy
+    snapshots, and the training reward and KL per iteration."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for name, c in curves.items():
+        for rate, style in zip(CURVE_RATES[:3], ("-", "--", ":")):
+            lo, hi = zip(*c[f"{rate}_ci95"])
+            (line,) = axes[0].plot(c["step"], c[rate], style, marker="o", ms=3,
+                                   label=f"{name} {rate.removesuffix('_rate')}")  # fmt: skip
+            axes[0].fill_between(c["step"], lo, hi, alpha=0.15, color=line.get_color())
+        axes[1].plot(c["iteration"], c["reward_normalised"], label=name)
+        axes[2].plot(c["iteration"], c["kl_k1"], label=f"{name} k1")
+        axes[2].plot(c["iteration"], c["kl_k3"], "--", label=f"{name} k3")
+    split = next(iter(curves.values()))["split"]
+    labels = (f"{split} rate (judge, 95% CI)", "PM score (centred, scaled)", "KL to SL-CAI (nats)")
+    for ax, ylabel in zip(axes, labels):
+        ax.set_xlabel("PPO iteration")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0].set_ylim(-0.02, 1.02)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(os.fspath(path), dpi=120)

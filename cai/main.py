@@ -21,6 +21,7 @@ from cai import configs, dry_run
 from cai.cli import fail, one_line, parse_flags, quiet_libraries
 from cai.errors import ConfigError, Halted
 from cai.stages import (
+    dpo,
     evaluate,
     feedback,
     human_feedback,
@@ -41,6 +42,15 @@ STAGES = {
     # The HH-RLHF-style baseline: the same stage with its own section and directory.
     "pm_human": functools.partial(preference_model.run, name="pm_human"),
     "rl_cai": rl_cai.run,
+    # Baselines (experiments/hh_rlhf.py, helpful_rlhf.py, rloo_ai.py, baselines.py): the same
+    # stages under their own sections and directories.
+    "pm_helpful": functools.partial(preference_model.run, name="pm_helpful"),
+    # A second RL-CAI PM on the other half of the comparisons, watched during RL.
+    "pm_heldout": functools.partial(preference_model.run, name="pm_heldout"),
+    "rl_hh": functools.partial(rl_cai.run, name="rl_hh"),
+    "rl_helpful": functools.partial(rl_cai.run, name="rl_helpful"),
+    "rloo": functools.partial(rl_cai.run, name="rloo"),
+    "dpo": dpo.run,
     "evaluate": evaluate.run,
 }
 

@@ -208,6 +208,39 @@ def read_comparisons(
     return out
 
 
+def heldout_split(
+    comparisons: Mapping[str, Sequence[Comparison]], fraction: float, seed: int
+) -> tuple[dict[str, list[Comparison]], dict[str, list[Comparison]]]:
+    """(train, held out), each task -> comparisons in their input order. The split is by
+    conversation, across tasks: a seeded ``fraction`` of the distinct conversations (at least
+    one when the fraction is positive, never all) is held out with every pair that continues
+    it, so no held-out prompt is ever trained on, whichever task's pair it appears in. Every
+    stage that trains on comparisons splits with this, so two of them given the same sources,
+    fraction and seed train on the same pairs."""
+    convs = list(dict.fromkeys(c.messages for comps in comparisons.values() for c in comps))
+    n = len(convs)
+    k = 0 if fraction == 0 or n < 2 else min(n - 1, max(1, round(fraction * n)))
+    held = {convs[i] for i in np.random.default_rng(seed).permutation(n)[:k]}
+    train = {t: [c for c in comps if c.messages not in held] for t, comps in comparisons.items()}
+    out = {t: [c for c in comps if c.messages in held] for t, comps in comparisons.items()}
+    return train, out
+
+
+def halves(
+    comparisons: Mapping[str, Sequence[Comparison]], seed: int
+) -> tuple[dict[str, list[Comparison]], dict[str, list[Comparison]]]:
+    """Two disjoint halves of ``comparisons`` by conversation (as ``heldout_split``, with
+    every pair of a prompt on one side): PMs trained on each see the same kind of data and no
+    common prompt, so the second one's score is an independent check on a policy trained
+    against the first (HH-RLHF, arXiv 2204.05862, Sec. 4.2)."""
+    convs = list(dict.fromkeys(c.messages for comps in comparisons.values() for c in comps))
+    order = np.random.default_rng([seed, 2]).permutation(len(convs))
+    first = {convs[i] for i in order[: len(convs) // 2]}
+    one = {t: [c for c in comps if c.messages in first] for t, comps in comparisons.items()}
+    two = {t: [c for c in comps if c.messages not in first] for t, comps in comparisons.items()}
+    return one, two
+
+
 # ----------------------------------------------------------------------------- encoding
 
 
@@ -291,7 +324,10 @@ class PairBatches:
         return np.asarray([orders[int(e)][i] for e, i in zip(epochs, pos)], np.int64)
 
     def batch(self, step: int) -> dict[str, np.ndarray]:
-        idx = self.indices(step)
+        return self.take(self.indices(step))
+
+    def take(self, idx: Sequence[int]) -> dict[str, np.ndarray]:
+        """The batch of the comparisons ``idx`` (any of them, in that order)."""
         rows = [self.a[i] for i in idx] + [self.b[i] for i in idx]
         tokens = np.full((len(rows), self.seq_len), self.pad_id, np.int32)
         mask = np.zeros((len(rows), self.seq_len), bool)

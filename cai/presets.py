@@ -8,7 +8,7 @@ from __future__ import annotations
 import ml_collections
 
 from cai import configs
-from cai.stages import evaluate, feedback, human_feedback, pairs, pretrain, rl_cai, sl_cai
+from cai.stages import dpo, evaluate, feedback, human_feedback, pairs, pretrain, rl_cai, sl_cai
 from cai.stages import preference_model as pm_stage
 from cai.toyworld import corpus, world
 
@@ -37,9 +37,8 @@ def toy_world(
     config.pretrain.data.source = "toy_world"
     config.pretrain.data.vocab_size = vocab
     config.pretrain.corpus = configs.as_dict(corpus.CorpusConfig(n_docs=n_docs))
-    config.evaluate = configs.as_dict(
-        evaluate.EvalConfig(max_new_tokens=8, phrasings=1) if smoke else evaluate.EvalConfig()
-    )
+    small = dict(max_new_tokens=8, phrasings=1, curve_phrasings=1)
+    config.evaluate = configs.as_dict(evaluate.EvalConfig(**(small if smoke else {})))
     return config
 
 
@@ -103,14 +102,106 @@ def with_rl_half(config: ml_collections.ConfigDict, smoke: bool = False) -> None
                                          "pm_human": "pm_human"}  # fmt: skip
 
 
-def with_rl_cai(config: ml_collections.ConfigDict, smoke: bool = False) -> None:
-    """Add PPO of the SL-CAI policy against the RL-CAI preference model, and evaluate the
-    RL-CAI policy beside base and SL-CAI (its curve over PPO steps on dev)."""
+def with_heldout_pm(config: ml_collections.ConfigDict) -> None:
+    """Split the RL-CAI PM's training comparisons in two halves by prompt: the RL-CAI PM
+    trains on the first, ``pm_heldout`` on the second, and PPO watches the second's score of
+    its replies (HH-RLHF Sec. 4.2: a policy pleasing only the PM it trains against is hacking
+    that PM's errors)."""
+    config.preference_model.pm.half = 1
+    config.pm_heldout = config.preference_model.copy_and_resolve_references()
+    config.pm_heldout.pm.half = 2
+    stages = list(config.stages)
+    stages.insert(stages.index("preference_model") + 1, "pm_heldout")
+    config.stages = tuple(stages)
+    for name in ("rl_cai", "rl_hh", "rl_helpful", "rloo"):
+        if name in config and config[name].reward_model == "preference_model":
+            config[name].heldout_reward_model = "pm_heldout"
+    config.evaluate.preference_models = {**config.evaluate.preference_models,
+                                         "pm_heldout": "pm_heldout"}  # fmt: skip
+
+
+def _rl_section(smoke: bool) -> ml_collections.ConfigDict:
     if smoke:
-        config.rl_cai = rl_cai.stage_config(
+        return rl_cai.stage_config(
             iterations=4, batch_size=16, rollout_batch=16, score_batch=16, minibatch=8,
             train_batch=8, epochs=1, max_new_tokens=8, save_every=2, curve_every=2,
         )  # fmt: skip
-    else:
-        config.rl_cai = rl_cai.stage_config(helpful_made_up=64)
+    return rl_cai.stage_config(helpful_made_up=64)
+
+
+def with_rl_cai(config: ml_collections.ConfigDict, smoke: bool = False) -> None:
+    """Add PPO of the SL-CAI policy against the RL-CAI preference model, and evaluate the
+    RL-CAI policy beside base and SL-CAI (its curve over PPO steps on dev)."""
+    config.rl_cai = _rl_section(smoke)
     config.evaluate.checkpoints = {**config.evaluate.checkpoints, "rl_cai": "rl_cai"}
+    config.evaluate.rl_curves = {"rl_cai": "rl_cai"}
+
+
+# The baselines of RL-CAI (summary key -> the stages each adds after the RL half's data).
+BASELINES = {
+    "hh_rlhf": ("rl_hh",),  # PPO against the simulated-crowdworker PM (HH-RLHF)
+    "helpful_rlhf": ("pm_helpful", "rl_helpful"),  # PPO against a helpfulness-only PM
+    "rloo_ai": ("rloo",),  # RLOO, k = 4, critic-free, against the RL-CAI PM
+    "dpo_ai": ("dpo",),  # DPO on the RL-CAI PM's comparisons, soft labels as targets
+}
+_PM_MIX = ("harmlessness", "helpfulness", "harmlessness_weight", "helpfulness_weight",
+           "heldout_fraction", "seed")  # fmt: skip
+
+
+def with_baselines(config: ml_collections.ConfigDict, methods: tuple[str, ...],
+                   smoke: bool = False) -> None:  # fmt: skip
+    """Add the named ``BASELINES`` after ``with_rl_half``: their sections (the PPO ones with
+    RL-CAI's PPO settings, so each differs from RL-CAI in one thing only), their stages at the
+    end of the pipeline before ``evaluate``, and their evaluation."""
+    unknown = [m for m in methods if m not in BASELINES]
+    if unknown:
+        raise ValueError(f"unknown baseline {unknown[0]!r}; known: {', '.join(BASELINES)}")
+    ppo_section = _rl_section(smoke)
+    curves = dict(config.evaluate.rl_curves)
+    checkpoints = dict(config.evaluate.checkpoints)
+    for method in methods:
+        if method == "hh_rlhf":
+            config.rl_hh = ppo_section.copy_and_resolve_references()
+            config.rl_hh.reward_model = "pm_human"
+        elif method == "helpful_rlhf":
+            config.pm_helpful = config.preference_model.copy_and_resolve_references()
+            config.pm_helpful.pm.harmlessness = ""
+            config.rl_helpful = ppo_section.copy_and_resolve_references()
+            config.rl_helpful.reward_model = "pm_helpful"
+            config.evaluate.preference_models = {**config.evaluate.preference_models,
+                                                 "pm_helpful": "pm_helpful"}  # fmt: skip
+        elif method == "rloo_ai":
+            config.rloo = ppo_section.copy_and_resolve_references()
+            config.rloo.update(estimator="rloo", value="none", rloo_k=4)
+        else:  # dpo_ai: trains on exactly the RL-CAI PM's comparisons
+            mix = {k: config.preference_model.pm[k] for k in _PM_MIX}
+            train = dict(steps=6, batch_size=8, seq_len=64) if smoke else {}
+            config.dpo = dpo.stage_config(**train, **mix)
+        stage = BASELINES[method][-1]
+        checkpoints[method] = stage
+        if stage != "dpo":
+            curves[method] = stage
+    stages = [s for s in config.stages if s != "evaluate"]
+    stages += [s for m in methods for s in BASELINES[m] if s not in stages]
+    config.stages = (*stages, "evaluate") if "evaluate" in config.stages else tuple(stages)
+    config.evaluate.checkpoints = checkpoints
+    config.evaluate.rl_curves = curves
+
+
+def baseline_experiment(
+    methods: str | tuple[str, ...], arg: str | None, include_rl_cai: bool = False
+) -> ml_collections.ConfigDict:
+    """An experiment file's config: the toy-world pipeline through the RL half's data, then
+    ``methods`` (and RL-CAI itself with ``include_rl_cai``), then evaluation."""
+    if arg not in (None, "smoke"):
+        raise ValueError(f"unknown variant {arg!r}; known: smoke")
+    smoke = arg == "smoke"
+    methods = (methods,) if isinstance(methods, str) else methods
+    rl = ("rl_cai",) if include_rl_cai else ()
+    config = toy_world(("sl_cai", *RL_HALF, *rl, "evaluate"), smoke=smoke)
+    with_sl_cai(config, smoke=smoke)
+    with_rl_half(config, smoke=smoke)
+    if include_rl_cai:
+        with_rl_cai(config, smoke=smoke)
+    with_baselines(config, methods, smoke=smoke)
+    return config

@@ -71,8 +71,8 @@ def score_rollout(
     rmask = mask[:, -n_new:].astype(jnp.float32)
     logits, head = response_view(policy_params, tokens, mask, policy, n_new)
     ref_logits, _ = response_view(ref_params, tokens, mask, reference, n_new)
-    if value_model is None:
-        values = head
+    if value_model is None:  # the policy's head, or none (a critic-free estimator)
+        values = head if head is not None else jnp.zeros(resp.shape, jnp.float32)
     else:
         _, values = response_view(value_params, tokens, mask, value_model, n_new)
     logp = ppo.token_logprobs(logits, resp, temperature)
@@ -124,6 +124,48 @@ def advantages(
         "kl_seq": jnp.sum(kl, -1),  # [B] k1 summed over each response
         "kl3_seq": jnp.sum(k3, -1),
         "reward_seq": jnp.sum(rewards, -1),
+    }
+
+
+def rloo_advantages(
+    logp: jax.Array,
+    logp_ref: jax.Array,
+    resp_mask: jax.Array,
+    score: jax.Array,
+    eos_missing: jax.Array,
+    beta: jax.Array,
+    *,
+    reward_mean: float,
+    reward_std: float,
+    missing_eos_penalty: float,
+    k: int,
+    whiten: bool,
+) -> dict[str, jax.Array]:
+    """The critic-free counterpart of ``advantages`` (RLOO, arXiv 2402.14740): rows come in
+    groups of ``k`` samples of one prompt, each sample's sequence reward is its normalised PM
+    score minus β times its summed KL (and the missing-EOS penalty), and its advantage is that
+    reward minus the mean of its ``k − 1`` siblings', the same for each of its tokens::
+
+        R_i = s'_i − penalty · eos_missing_i − β Σ_t kl_i,t
+        A_i = R_i − (1 / (k − 1)) Σ_{j ≠ i in its group} R_j      (ppo.rloo_advantages)
+        A_i ← A_i / std(A)                                       (when ``whiten``)
+
+    Whitening only scales here: a group's advantages already sum to zero. ``returns`` are
+    zeros (there is no value model to fit)."""
+    m = resp_mask.astype(jnp.float32)
+    kl = ppo.kl_k1(logp, logp_ref) * m
+    normed = (score - reward_mean) / reward_std
+    rewards = ppo.shaped_rewards(normed, 0.0, kl, m, beta, eos_missing, missing_eos_penalty)
+    seq = jnp.sum(rewards, -1)
+    adv = ppo.rloo_advantages(seq, k)
+    if whiten:
+        adv = adv / (jnp.std(adv) + 1e-8)
+    return {
+        "advantages": adv[:, None] * m,
+        "returns": jnp.zeros_like(m),
+        "kl_seq": jnp.sum(kl, -1),
+        "kl3_seq": jnp.sum(ppo.kl_k3(logp, logp_ref) * m, -1),
+        "reward_seq": seq,
     }
 
 

@@ -227,6 +227,9 @@ def pad_right(
     return out[:, ::-1].copy(), mask[:, ::-1].copy()
 
 
+_JITTED: dict[tuple[Any, ...], Any] = {}
+
+
 class Sampler:
     """Bucketed, sharded, jitted ``generate``/``score`` over lists of token-id lists."""
 
@@ -235,14 +238,23 @@ class Sampler:
     ):
         self.model, self.mesh = model, mesh
         self.eos_id, self.pad_id, self.min_bucket = eos_id, pad_id, min_bucket
-        self._gen: dict[SamplingConfig, Any] = {}
-        self._score = self._jit(functools.partial(score, model=model), n_batch_args=4)
+        self._score = self._jit("score", functools.partial(score, model=model), n_batch_args=4)
         self._choices = self._jit(
-            functools.partial(score_choices, model=model), n_batch_args=2, n_replicated_args=2
-        )
+            "choices", functools.partial(score_choices, model=model), n_batch_args=2,
+            n_replicated_args=2,
+        )  # fmt: skip
 
-    def _jit(self, fn: Any, n_batch_args: int, n_replicated_args: int = 0) -> Any:
-        """Params keep their own shardings; batch args are split over the data axes."""
+    def _jit(self, name: Any, fn: Any, n_batch_args: int, n_replicated_args: int = 0) -> Any:
+        """Params keep their own shardings; batch args are split over the data axes. One
+        jitted function per (step, architecture, mesh, stop and pad ids): samplers of models
+        of the same shape (every checkpoint an evaluation reads, every policy snapshot) share
+        its compiled executables instead of compiling their own."""
+        key = (name, self.model.cfg, self.mesh, self.eos_id, self.pad_id)
+        if key not in _JITTED:
+            _JITTED[key] = self._jit_uncached(fn, n_batch_args, n_replicated_args)
+        return _JITTED[key]
+
+    def _jit_uncached(self, fn: Any, n_batch_args: int, n_replicated_args: int) -> Any:
         mesh = self.mesh
 
         def run(params: Any, *args: Any) -> Any:
@@ -262,15 +274,14 @@ class Sampler:
         self, params: Any, prompts: Sequence[Sequence[int]], cfg: SamplingConfig, seed: int = 0
     ) -> list[tuple[list[int], list[float]]]:
         """Per prompt: (new tokens up to and including EOS, their log-probs)."""
-        if cfg not in self._gen:
-            fn = functools.partial(
-                generate, model=self.model, cfg=cfg, eos_id=self.eos_id, pad_id=self.pad_id
-            )
-            self._gen[cfg] = self._jit(fn, n_batch_args=2, n_replicated_args=1)
+        fn = functools.partial(
+            generate, model=self.model, cfg=cfg, eos_id=self.eos_id, pad_id=self.pad_id
+        )
+        gen = self._jit(("generate", cfg), fn, n_batch_args=2, n_replicated_args=1)
         n = len(prompts)
         rows = list(prompts) + [[self.pad_id]] * (self._batch_pad(n) - n)
         toks, mask = pad_left(rows, bucket(max(len(p) for p in rows), self.min_bucket), self.pad_id)
-        out = jax.device_get(self._gen[cfg](params, toks, mask, jax.random.key(seed)))
+        out = jax.device_get(gen(params, toks, mask, jax.random.key(seed)))
         results = []
         for i in range(n):
             m = out.mask[i]

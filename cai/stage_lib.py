@@ -6,7 +6,8 @@
 * **Text in, text out**: ``TextSampler`` generates and scores lists of prompts in fixed-size
   batches; stages exchange text, never token ids, so two stages may use different tokenizers.
 * **Resumable outputs**: ``run_shards`` writes JSONL shards atomically, skips the finished ones
-  and refuses shards from another configuration (``spec.json``).
+  and refuses shards from another configuration (``spec.json``); ``shards`` and
+  ``read_comparisons`` read another stage's.
 * **The stale-workdir guard**: ``guard`` records, next to a stage's outputs, the part of the
   config they depend on and fingerprints of their inputs; a rerun with anything different stops
   with one line naming the first differing key and both values.
@@ -19,7 +20,7 @@ import hashlib
 import json
 import os
 import pathlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import ml_collections
@@ -30,6 +31,7 @@ from tqdm.auto import tqdm
 
 import cai
 from cai import checkpoint, pretrained, prompts
+from cai import preference_model as pm
 from cai.errors import CheckpointError, ConfigError
 from cai.files import read_json, read_jsonl, write_json, write_jsonl
 from cai.model import ModelConfig, Transformer
@@ -105,13 +107,15 @@ def load_model(
     where: str,
     style: str = "chat",
     model_config: ml_collections.ConfigDict | None = None,
+    step: int | None = None,
 ) -> Loaded:
     """Load ``path`` sharded over ``mesh``. ``style`` ``chat`` stops replies at the chat
     format's end-of-turn token; ``transcript`` (HH text blocks) at EOS. How the model runs
-    (dtype, remat) may come from ``model_config``; its shapes always come from the checkpoint."""
+    (dtype, remat) may come from ``model_config``; its shapes always come from the checkpoint.
+    ``step``: that step of an orbax checkpoint (default: the latest)."""
     runtime = {f: model_config[f] for f in pretrained.RUNTIME_FIELDS if f in (model_config or {})}
     try:
-        model_cfg, params, tok = pretrained.load(path, mesh, **runtime)
+        model_cfg, params, tok = pretrained.load(path, mesh, step=step, **runtime)
     except CheckpointError as e:
         raise CheckpointError(e.path, e.what, where=f"{where}={path}") from e
     if tok is None:
@@ -271,6 +275,24 @@ def shards(directory: epath.Path) -> list[dict[str, Any]]:
     if len(paths) != n:
         raise ConfigError(f"{directory} holds {len(paths)} of {n} shards: that stage is unfinished")
     return [r for p in paths for r in read_jsonl(p)]
+
+
+def read_comparisons(
+    workdir: epath.Path, sources: Mapping[str, str], where: str
+) -> tuple[dict[str, list[pm.Comparison]], dict[str, str]]:
+    """(task -> its comparisons, task -> fingerprint of the shards they came from) for
+    ``sources`` (task -> the stage whose ``train/`` shards hold its comparisons). A directory
+    may hold both tasks; only the records of the task it is named for are taken from it."""
+    comparisons, fingerprints = {}, {}
+    for task, stage in sources.items():
+        directory = workdir / stage / "train"
+        records = shards(directory)
+        mine = [c for c in pm.read_comparisons(records, str(directory)) if c.task == task]
+        if not mine:
+            raise ConfigError(f"{where}.{task}={stage!r}: {directory} holds no {task} comparisons")
+        comparisons[task] = mine
+        fingerprints[task] = fingerprint_shards(directory)
+    return comparisons, fingerprints
 
 
 # ----------------------------------------------------------------------------- the guard

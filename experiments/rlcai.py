@@ -2,8 +2,8 @@
 model, SL-CAI (critique -> revision, fine-tuning); then the RL half's data: pairs sampled from
 the SL-CAI model, AI harmlessness labels from the base model's log-probs, the simulated
 crowdworker's helpfulness labels, the RL-CAI preference model and the HH-RLHF-style baseline
-preference model; then evaluation of everything on the dev and test splits. RL-CAI (PPO) joins
-``stages`` when it lands.
+preference model; then RL-CAI, PPO of the SL-CAI policy against the RL-CAI preference model;
+then evaluation of everything on the dev and test splits.
 
   python -m cai.main --config=experiments/rlcai.py --workdir=runs/rlcai
   python -m cai.main --config=experiments/rlcai.py --workdir=runs/own --config.base=pretrain
@@ -21,7 +21,8 @@ def get_config(arg: str | None = None):
     if arg not in (None, "smoke"):
         raise ValueError(f"unknown variant {arg!r}; known: smoke")
     smoke = arg == "smoke"
-    config = presets.toy_world(("sl_cai", *presets.RL_HALF, "evaluate"), smoke=smoke)
+    config = presets.toy_world(("sl_cai", *presets.RL_HALF, "rl_cai", "evaluate"), smoke=smoke)
     presets.with_sl_cai(config, smoke=smoke)
     presets.with_rl_half(config, smoke=smoke)
+    presets.with_rl_cai(config, smoke=smoke)
     return config

@@ -80,9 +80,16 @@ def test_dry_run_cli_writes_nothing(repo, tmp_path):
 
 
 def test_stage_train_steps_are_compiled_too(repo):
+    """Every train step of the main job's stages, and PPO's five steps for ``rl_cai``."""
     config = load(repo, "rlcai").get_config("smoke")
     pms = ["preference_model/train_step", "pm_human/train_step"]
-    assert list(dry_run.run(config, print_fn=lambda _: None)) == ["sl_cai/train_step", *pms]
+    rl = [f"rl_cai/{s}" for s in dry_run.RL_STEPS]
+    results = dry_run.run(config, print_fn=lambda _: None)
+    assert list(results) == ["sl_cai/train_step", *pms, *rl]
+    assert results["rl_cai/rollout_generate"]["shape"] == "batch 16, prompt 64 + 8 new"
+    assert results["rl_cai/rollout_scoring"]["total"] > 0
+    assert results["rl_cai/value_update"]["total"] > 0  # value = model: a second train state
+    config.stages = ("sl_cai", *config.stages[1:-2])  # without rl_cai: quicker
     config.base = "pretrain"  # --config.base=pretrain: the run pretrains its own base model
     results = dry_run.run(config, print_fn=lambda _: None)
     assert list(results) == ["pretrain/train_step", "sl_cai/train_step", *pms]

@@ -155,6 +155,9 @@ def test_paired_test_finds_a_real_difference_and_not_a_fake_one():
     assert m["p_value"] == pytest.approx(14 / 64)
     with pytest.raises(ValueError, match="same prompts"):
         evaluation.paired(base, list(reversed(better)))
+    # a rerun pairs fresh records with ones read back from disk (lists where tuples were)
+    read_back = json.loads(json.dumps(base))
+    assert evaluation.paired(read_back, better) == claim
 
 
 def test_revision_curve_reads_each_round():

@@ -27,25 +27,36 @@ def cli(*args, cwd=None):
 
 def test_main_job_smoke_runs_every_stage(repo, tmp_path):
     """The main job's smoke variant from the shipped base model: SL-CAI, pairs, AI and
-    "human" feedback, both preference models and evaluation, into a workdir whose parents do
-    not exist yet; the console holds progress bars and the tables, not library log lines."""
+    "human" feedback, both preference models, RL-CAI and evaluation, into a workdir whose
+    parents do not exist yet; the console holds progress bars and the tables, not library log
+    lines."""
     workdir = tmp_path / "runs" / "rlcai"
     proc = cli("cai.main", f"--config={repo}/experiments/rlcai.py:smoke", f"--workdir={workdir}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((workdir / "summary.json").read_text())
     assert {"sl_cai_stage", "base", "sl_cai", "paired", "revision_curves", "pairs_stage",
             "feedback_stage", "human_feedback_stage", "preference_model_stage", "pm_human_stage",
-            "feedback", "preference_model"} <= set(summary)  # fmt: skip
+            "feedback", "preference_model", "rl_cai_stage", "rl_cai", "rl_curves"
+            } <= set(summary)  # fmt: skip
     assert "pretrain" not in summary and not (workdir / "pretrain").exists()
     assert (workdir / "plots" / "revisions.png").exists()
     assert (workdir / "plots" / "feedback_calibration.png").exists()
+    assert (workdir / "plots" / "rl_curves.png").exists()
+    curve = summary["rl_curves"]["rl_cai"]
+    # step 0 is SL-CAI itself: its curve point equals its own dev evaluation
+    assert curve["step"] == [0, 1, 2, 4] and curve["iteration"] == [1, 2, 3, 4]
+    assert curve["harmless_rate"][0] == summary["sl_cai"]["dev"]["harmless_rate"]
+    assert curve["harmless_rate"][-1] == summary["rl_cai"]["dev"]["harmless_rate"]
+    assert len(curve["kl_k1"]) == 4 and all(k3 >= 0 for k3 in curve["kl_k3"])
+    assert set(summary["paired"]) == {"sl_cai_vs_base", "rl_cai_vs_base", "rl_cai_vs_sl_cai"}
     assert set(summary["preference_model"]) == {"preference_model", "pm_human"}
     assert {"one_principle", "k_principles", "cot_clamped", "debiased"} <= set(
         summary["feedback"]["test"]
     )
     assert "AI feedback, test harmlessness pairs" in proc.stdout
     table = proc.stdout.splitlines()
-    assert table[0].split()[-2:] == ["base", "sl_cai"] and table[1].startswith("harmless")
+    assert table[0].split()[-3:] == ["base", "sl_cai", "rl_cai"]
+    assert table[1].startswith("harmless")
     noise = [line for line in proc.stderr.splitlines() if line[:1] in "IW" and line[1:5].isdigit()]
     assert not noise and "Downloading and preparing" not in proc.stdout + proc.stderr
     # evaluate's HHH option on the vendored data: the base model as a feedback model and the
@@ -139,7 +150,8 @@ def test_pretrain_smoke_end_to_end_then_sample(repo, tmp_path):
         (
             ["--config.stages=('pretrain','rl')"],
             "error: config.stages: unknown stage 'rl' (known: pretrain, sl_cai, pairs, feedback, "
-            "human_feedback, preference_model, pm_human, rl_cai, evaluate)",
+            "human_feedback, preference_model, pm_human, rl_cai, pm_helpful, pm_heldout, rl_hh, "
+            "rl_helpful, rloo, dpo, evaluate)",
         ),
         (
             ["--config.model.mlp=relu"],
@@ -166,14 +178,37 @@ def test_missing_config_file_is_one_line(tmp_path):
     assert len(errors) == 1 and "/no/such/config.py" in errors[0] and "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("name", ["pretrain", "rlcai"])
+@pytest.mark.parametrize(
+    "name", ["pretrain", "rlcai", "hh_rlhf", "helpful_rlhf", "rloo_ai", "dpo_ai", "baselines"]
+)
 @pytest.mark.parametrize("arg", [None, "smoke"])
 def test_experiment_configs_convert(repo, name, arg):
+    """Every section of the config reads as its stage's dataclass, and every stage the config
+    runs is one ``cai.main`` knows, with a section of its own."""
+    from cai import main
+    from cai.stages import dpo, evaluate, rl_cai
+    from cai.stages import preference_model as pm_stage
+
     spec = importlib.util.spec_from_file_location(name, repo / "experiments" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     config = module.get_config(arg)
     configs.to_dataclass(ModelConfig, config.model, "model")
+    kinds = {
+        "pm_helpful": pm_stage.PMConfig,
+        "dpo": dpo.DPOConfig,
+        **dict.fromkeys(("rl_cai", "rl_hh", "rl_helpful", "rloo"), rl_cai.RLConfig),
+    }
+    for stage in config.stages:
+        assert stage in main.STAGES and stage in config, stage
+        if stage in kinds:
+            section = config[stage].pm if stage.startswith("pm") else config[stage]
+            fields = {k: v for k, v in section.items() if k not in ("optim", "value_optim",
+                                                                     "train")}  # fmt: skip
+            configs.to_dataclass(kinds[stage], fields, stage)
+    if "evaluate" in config:
+        configs.to_dataclass(evaluate.EvalConfig, config.evaluate, "evaluate")
+        assert set(config.evaluate.rl_curves.values()) <= set(config.stages)
     with pytest.raises(ValueError, match="unknown variant"):
         module.get_config("nope")
 

@@ -366,16 +366,21 @@ def test_without_held_out_pairs_the_reward_statistics_come_from_train_pairs():
     # the same five conversations again under the other task: held out together or not at all
     again = [dataclasses.replace(c, task="harmlessness", a=c.b, b=c.a) for c in comps[10:]]
     by_task = {"harmlessness": comps[:10] + again, "helpfulness": comps[10:]}
-    train, held = stage.split(by_task, 0.25, 0)  # 15 distinct conversations: 4 held out
+    train, held = pm.heldout_split(by_task, 0.25, 0)  # 15 distinct conversations: 4 held out
     assert sum(map(len, held.values())) + sum(map(len, train.values())) == 20
     held_convs = {c.messages for cs in held.values() for c in cs}
     assert len(held_convs) == 4 and not held_convs & {
         c.messages for cs in train.values() for c in cs
     }
-    assert stage.split(by_task, 0.25, 0) == (train, held)  # seeded
-    assert stage.split(by_task, 0.0, 0) == (by_task, {"harmlessness": [], "helpfulness": []})
+    assert pm.heldout_split(by_task, 0.25, 0) == (train, held)  # seeded
+    assert pm.heldout_split(by_task, 0.0, 0) == (by_task, {"harmlessness": [], "helpfulness": []})
     one = {"helpfulness": comps[:1]}
-    assert stage.split(one, 0.5, 0) == (one, {"helpfulness": []})  # never all
+    assert pm.heldout_split(one, 0.5, 0) == (one, {"helpfulness": []})  # never all
+    # halves (pm.half): disjoint by conversation across tasks, together all of the pairs
+    first, second = pm.halves(train, 0)
+    convs = [{c.messages for cs in h.values() for c in cs} for h in (first, second)]
+    assert not convs[0] & convs[1] and abs(len(convs[0]) - len(convs[1])) <= 1
+    assert sum(len(v) for h in (first, second) for v in h.values()) == sum(map(len, train.values()))
     model, params = tiny_pm()
     mesh = sharding.make_mesh(sharding.MeshConfig())
     rm = pm.RewardModel(stage_lib.Loaded("", model.cfg, model, params, TOK, 2), mesh, 16, 64)
@@ -396,6 +401,8 @@ def test_bad_stage_config_is_named(tmp_path):
         stage.run(typo, w)
     with pytest.raises(ConfigError, match="preference_model.pm.heldout_fraction=1.0"):
         stage.run(pm_config(heldout_fraction=1.0), w)
+    with pytest.raises(ConfigError, match="preference_model.pm.half=3"):
+        stage.run(pm_config(half=3), w)
     write_base(w)
     with pytest.raises(ConfigError, match="feedback/train holds no shards"):
         stage.run(pm_config(), w)

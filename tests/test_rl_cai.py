@@ -76,6 +76,22 @@ def test_ppo_raises_a_synthetic_reward_with_the_kl_bounded():
     assert all(r["policy/skipped"] == 0 for r in rows)
 
 
+def test_rloo_raises_the_synthetic_reward_without_a_critic():
+    """estimator rloo, value none: k = 4 samples per prompt, each one's baseline its three
+    siblings' mean; no value model or head is built."""
+    mesh = sharding.single_device_mesh()
+    cfg = small_cfg(estimator="rloo", value="none", rloo_k=4)
+    trainer = rl_cai.PPOTrainer(
+        cfg, OPTIM, OPTIM, mesh, loaded(mesh), None, letters, rl_cai.Scores(0.0, 1.0)
+    )
+    assert trainer.value_state is None and trainer.policy_cfg.scalar_head is False
+    groups = [c for c in CONVS[:8] for _ in range(4)]
+    rows = [trainer.iteration(it, groups)[0] for it in range(10)]
+    first, last = rows[0]["reward"], np.mean([r["reward"] for r in rows[-2:]])
+    assert last > first + 0.15, [r["reward"] for r in rows]
+    assert all(r["kl_k3"] >= 0 for r in rows)
+
+
 def test_nothing_recompiles_after_the_second_iteration(caplog):
     mesh = sharding.single_device_mesh()
     pm_cfg, pm_params = pm.with_scalar_head(TINY, lm_params(1))
@@ -158,6 +174,10 @@ def test_bad_settings_are_named():
         rl_cai.RLConfig(minibatch=8, train_batch=3)
     with pytest.raises(ConfigError, match="value='critic'"):
         rl_cai.RLConfig(value="critic")
+    with pytest.raises(ConfigError, match="estimator rloo expects none"):
+        rl_cai.RLConfig(estimator="rloo")
+    with pytest.raises(ConfigError, match="rl_cai.rloo_k=3"):
+        rl_cai.RLConfig(estimator="rloo", value="none", rloo_k=3, batch_size=64)
     mesh = sharding.single_device_mesh()
     trainer = rl_cai.PPOTrainer(
         small_cfg(prompt_len=32), OPTIM, OPTIM, mesh, loaded(mesh), None, letters,
@@ -177,3 +197,9 @@ def test_draw_prompts_is_pure_in_the_iteration_and_mixes_the_pools():
     assert a == b and a != rl_cai.draw_prompts(red, helpful, cfg, 4)
     assert sum(p.slice != "helpful" for p in a) == 16
     assert dataclasses.replace(cfg).updates() == 60 * 2 * 2
+    # rloo: 16 distinct prompts, each 4 times in a row
+    rloo = rl_cai.draw_prompts(red, helpful, dataclasses.replace(cfg, estimator="rloo",
+                                                                 value="none"), 3)  # fmt: skip
+    assert len(rloo) == 64 and len({p.messages for p in rloo}) == 16
+    assert all(rloo[i] == rloo[i - i % 4] for i in range(64))
+    assert sum(p.slice != "helpful" for p in rloo) == 16  # 4 of the 16 prompts, 4 times each

@@ -101,13 +101,19 @@ def test_filter_logits_top_k_and_top_p():
     assert kept(SamplingConfig(top_p=0.3)) == [True, False, False, False]
 
 
-def test_buckets_compile_once(setup):
-    _, params, sampler = setup
-    cfg = SamplingConfig(max_new_tokens=4, temperature=0)
+def test_buckets_compile_once_and_samplers_of_one_shape_share_it(setup):
+    model, params, sampler = setup
+    cfg = SamplingConfig(max_new_tokens=3, temperature=0)  # a setting no other test compiles
     # batch sizes 3, 4, 3 share the 4-row bucket; lengths 3..16 share the 16-token bucket
     for prompts in ([[5] * 3] * 3, [[5] * 9, [6] * 2] * 2, [[7] * 16] * 3):
         sampler.generate(params, prompts, cfg)
-    assert sampler._gen[cfg]._cache_size() == 1
+    gen = sampler._jit(("generate", cfg), None, 0)
+    assert gen._cache_size() == 1
+    # another model of the same shape (another checkpoint) reuses the compiled step
+    other = Sampler(Transformer(CFG), sharding.single_device_mesh(), eos_id=2, pad_id=0)
+    other_params = jax.tree.map(lambda x: x * 0.5, params)
+    other.generate(other_params, [[5] * 3] * 3, cfg)
+    assert other._jit(("generate", cfg), None, 0) is gen and gen._cache_size() == 1
 
 
 def test_padding_helpers():

@@ -5,8 +5,9 @@ base model, other names are stage directories of the workdir) and each split of
 ``evaluate.splits``, greedy replies to every prompt of the split's slices are judged
 (``cai.evaluation``); ``summary.json[key][split]`` gets the rates with their 95% intervals,
 and ``summary.json["paired"]["<key>_vs_<first key>"][split]`` McNemar's test of each later
-checkpoint against the first on the same prompts. Every reply is written to
-``WORKDIR/evaluate/<key>.<split>.jsonl`` beside its verdict; a rerun reuses finished ones.
+checkpoint against the first on the same prompts (and ``rl_cai_vs_sl_cai``). Every reply is
+written to ``WORKDIR/evaluate/<key>.<split>.jsonl`` beside its verdict; a rerun reuses finished
+ones.
 
 With ``evaluate.revisions`` naming the supervised stage's directory, its red-team shards are
 judged round by round: ``summary.json["revision_curves"]`` and ``WORKDIR/plots/revisions.png``.
@@ -21,12 +22,15 @@ statistics. The stage ends by printing the results tables.
 from __future__ import annotations
 
 import dataclasses
+import os
+from collections.abc import Sequence
 from typing import Any
 
 import ml_collections
 from etils import epath
 
 from cai import configs, evaluation, preference_model, sharding, stage_lib
+from cai.checkpoint import Checkpointer
 from cai.errors import ConfigError
 from cai.files import read_json, read_jsonl, write_json, write_jsonl
 from cai.metrics import update_summary
@@ -56,6 +60,11 @@ class EvalConfig:
     hh_rlhf_dir: str = ""
     hh_rlhf_n: int = 200
     hhh_batch_size: int = 8  # HH-RLHF conversations run to thousands of tokens
+    # summary.json["rl_curves"] key -> RL stage directory: the judge's rates on
+    # ``curve_split`` at each of its ``curve/`` snapshots, beside its reward and KL.
+    rl_curves: dict[str, str] = dataclasses.field(default_factory=dict)
+    curve_split: str = "dev"
+    curve_phrasings: int = -1
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -71,6 +80,16 @@ class EvalConfig:
         bad = [s for s in self.splits if s not in ("dev", "test")]
         if bad or not self.splits:
             raise ConfigError(f"evaluate.splits={self.splits}: expected dev and/or test")
+        if self.curve_split not in ("dev", "test"):
+            raise ConfigError(f"evaluate.curve_split={self.curve_split!r}: expected dev or test")
+
+
+def pipeline_order(checkpoints: dict[str, str], stages: Sequence[str]) -> list[str]:
+    """The checkpoints' keys in pipeline order: ``base`` first, then as their stages run
+    (config dicts iterate their keys sorted, which would put ``rl_cai`` before ``sl_cai``);
+    paired tests and the table compare every later model with the first."""
+    rank = {"base": -1, **{s: i for i, s in enumerate(stages)}}
+    return sorted(checkpoints, key=lambda k: (rank.get(checkpoints[k], len(stages)), k))
 
 
 def revision_curves(w: world.World, stage_dir: epath.Path, workdir: epath.Path) -> None:
@@ -90,8 +109,10 @@ def run(config: ml_collections.ConfigDict, workdir: epath.Path) -> None:
     mesh = sharding.make_mesh(configs.to_dataclass(sharding.MeshConfig, config.mesh, "mesh"))
     out_dir = workdir / "evaluate"
     paths = {
-        key: stage_lib.resolve_init(config, workdir, name, f"evaluate.checkpoints.{key}")
-        for key, name in cfg.checkpoints.items()
+        key: stage_lib.resolve_init(
+            config, workdir, cfg.checkpoints[key], f"evaluate.checkpoints.{key}"
+        )
+        for key in pipeline_order(cfg.checkpoints, configs.stages_of(config))
     }
     pm_paths = {
         key: stage_lib.resolve_init(config, workdir, name, f"evaluate.preference_models.{key}")
@@ -125,18 +146,22 @@ def run(config: ml_collections.ConfigDict, workdir: epath.Path) -> None:
             summary[split] = figures
             records.setdefault(key, {})[split] = recs
         update_summary(workdir, key, summary)
-    keys = list(cfg.checkpoints)
+    keys = list(paths)
     if len(keys) > 1:
+        # every later model against the first (base), and RL-CAI against SL-CAI: the step
+        # the RL stage itself takes
+        pairs = [(keys[0], k) for k in keys[1:]]
+        if "sl_cai" in keys and "rl_cai" in keys:
+            pairs.append(("sl_cai", "rl_cai"))
         update_summary(
             workdir,
             "paired",
             {
-                f"{k}_vs_{keys[0]}": {
-                    s: evaluation.paired(records[keys[0]][s], records[k][s]) for s in cfg.splits
-                }
-                for k in keys[1:]
+                f"{b}_vs_{a}": {s: evaluation.paired(records[a][s], records[b][s])
+                                for s in cfg.splits}
+                for a, b in pairs
             },
-        )
+        )  # fmt: skip
     if cfg.revisions:
         revision_curves(w, workdir / cfg.revisions, workdir)
     if cfg.feedback:
@@ -147,11 +172,75 @@ def run(config: ml_collections.ConfigDict, workdir: epath.Path) -> None:
         )
     if cfg.hhh_dir or cfg.hh_rlhf_dir:
         hhh_eval(config, workdir, cfg, mesh, pm_paths)
+    if cfg.rl_curves:
+        curves = {key: rl_curve(config, w, workdir / stage, key, cfg, mesh, out_dir)
+                  for key, stage in cfg.rl_curves.items()}  # fmt: skip
+        update_summary(workdir, "rl_curves", curves)
+        evaluation.plot_rl_curves(curves, workdir / "plots" / "rl_curves.png")
     full = read_json(workdir / "summary.json")
     split = "test" if "test" in cfg.splits else cfg.splits[0]
     print(evaluation.table(full, keys, split))
     if cfg.feedback or pm_paths:
         print(evaluation.feedback_table(full, split))
+
+
+def rl_curve(
+    config: ml_collections.ConfigDict,
+    w: world.World,
+    stage_dir: epath.Path,
+    key: str,
+    cfg: EvalConfig,
+    mesh: Any,
+    out_dir: epath.Path,
+) -> dict[str, Any]:
+    """An RL run against its PPO step: the judge's rates of greedy replies on
+    ``cfg.curve_split`` from the run's start model (step 0) and from each ``curve/``
+    snapshot, and the run's per-iteration reward and KL (``metrics.jsonl``; a resumed run's
+    repeated iterations count once, the later row). Each point is cached in
+    ``evaluate/<key>.curve.<step>.json``."""
+    if not (stage_dir / "done.json").exists():
+        raise ConfigError(f"evaluate.rl_curves.{key}: {stage_dir} is not a finished RL stage")
+    ckpt_dir = stage_dir / "curve"
+    with Checkpointer(ckpt_dir, read_only=True) as ckpt:
+        steps = ckpt.all_steps()
+    init = configs.get(config, stage_dir.name, "").get("init_from", "sl_cai")
+    points = [(0, stage_lib.resolve_init(config, stage_dir.parent, init, f"{key}.init_from"))]
+    points += [(s, os.fspath(ckpt_dir)) for s in steps]
+    rates: dict[str, list[Any]] = {}
+    for step, path in points:
+        done = out_dir / f"{key}.curve.{step:05d}.json"
+        if done.exists():
+            figures = read_json(done)
+        else:
+            where = f"evaluate.rl_curves.{key}"
+            loaded = stage_lib.load_model(path, mesh, where, step=step or None)
+            model = stage_lib.TextModel(
+                stage_lib.TextSampler(loaded, mesh, cfg.batch_size), cfg.max_new_tokens
+            )
+            verdicts, _ = evaluation.reply_verdicts(
+                model, w, cfg.curve_split, cfg.curve_phrasings,
+                desc=f"{key} curve step {step}",
+            )  # fmt: skip
+            figures = evaluation.reply_figures(verdicts)
+            write_json(done, figures)
+        for name in evaluation.CURVE_RATES:
+            rates.setdefault(name, []).append(figures[name])
+            rates.setdefault(f"{name}_ci95", []).append(figures[f"{name}_ci95"])
+    by_step: dict[int, dict[str, Any]] = {}
+    for row in read_jsonl(stage_dir / "metrics.jsonl"):
+        by_step[int(row["step"])] = row
+    iters = sorted(by_step)
+    prefix = f"{stage_dir.name}/"
+    logged = {name: [by_step[i].get(prefix + name) for i in iters]
+              for name in ("reward", "reward_normalised", "kl_k1", "kl_k3", "beta", "entropy",
+                           "response_tokens", "heldout_reward_normalised")}  # fmt: skip
+    return {
+        "split": cfg.curve_split,
+        "step": [s for s, _ in points],
+        **rates,
+        "iteration": iters,
+        **{k: v for k, v in logged.items() if any(x is not None for x in v)},
+    }
 
 
 def feedback_quality(

@@ -63,6 +63,9 @@ class PMConfig:
     harmlessness_weight: float = 2.0
     helpfulness_weight: float = 1.0
     heldout_fraction: float = 0.1  # of the conversations (all their pairs), kept out of training
+    # 0: train on every training conversation; 1 or 2: on that half of them only (a PM of
+    # half 1 and one of half 2 share no prompt: the second watches RL for reward hacking)
+    half: int = 0
     seed: int = 0  # the held-out split and the batch order
     score_batch_size: int = 256  # rows per scoring call (a multiple of the mesh's data axes)
 
@@ -84,6 +87,8 @@ class PMConfig:
             raise ConfigError(f"{where}: every task used has loss weight 0")
         if not 0.0 <= self.heldout_fraction < 1.0:
             raise ConfigError(f"{where}.heldout_fraction={self.heldout_fraction}: need [0, 1)")
+        if self.half not in (0, 1, 2):
+            raise ConfigError(f"{where}.half={self.half}: expected 0 (all), 1 or 2")
         if self.score_batch_size <= 0:
             raise ConfigError(f"{where}.score_batch_size={self.score_batch_size}: not positive")
 
@@ -103,41 +108,6 @@ def stage_config(
             **configs.train_section(steps, batch_size, seq_len, 2, learning_rate, 20, 0.0),
         }
     )
-
-
-# ----------------------------------------------------------------------------- inputs
-
-
-def read_sources(
-    workdir: epath.Path, cfg: PMConfig, where: str
-) -> tuple[dict[str, list[pm.Comparison]], dict[str, str]]:
-    """(task -> its comparisons, task -> fingerprint of the shards they came from)."""
-    comparisons, fingerprints = {}, {}
-    for task, stage in cfg.sources().items():
-        directory = workdir / stage / "train"
-        records = stage_lib.shards(directory)
-        mine = [c for c in pm.read_comparisons(records, str(directory)) if c.task == task]
-        if not mine:
-            raise ConfigError(f"{where}.{task}={stage!r}: {directory} holds no {task} comparisons")
-        comparisons[task] = mine
-        fingerprints[task] = stage_lib.fingerprint_shards(directory)
-    return comparisons, fingerprints
-
-
-def split(
-    comparisons: dict[str, list[pm.Comparison]], fraction: float, seed: int
-) -> tuple[dict[str, list[pm.Comparison]], dict[str, list[pm.Comparison]]]:
-    """(train, held out), each task -> comparisons in their input order. The split is by
-    conversation, across tasks: a seeded ``fraction`` of the distinct conversations (at least
-    one when the fraction is positive, never all) is held out with every pair that continues
-    it, so no held-out prompt is ever trained on, whichever task's pair it appears in."""
-    convs = list(dict.fromkeys(c.messages for comps in comparisons.values() for c in comps))
-    n = len(convs)
-    k = 0 if fraction == 0 or n < 2 else min(n - 1, max(1, round(fraction * n)))
-    held = {convs[i] for i in np.random.default_rng(seed).permutation(n)[:k]}
-    train = {t: [c for c in comps if c.messages not in held] for t, comps in comparisons.items()}
-    out = {t: [c for c in comps if c.messages in held] for t, comps in comparisons.items()}
-    return train, out
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -224,7 +194,7 @@ def run(
     sharding.check_batch(cfg.score_batch_size, mesh, f"{where}.score_batch_size")
     stage_dir = workdir / name
     init = stage_lib.resolve_init(config, workdir, cfg.init_from, f"{where}.init_from")
-    comparisons, fingerprints = read_sources(workdir, cfg, where)
+    comparisons, fingerprints = stage_lib.read_comparisons(workdir, cfg.sources(), where)
     stage_lib.guard(
         stage_dir,
         stage_lib.section(config, "seed", name),
@@ -235,7 +205,9 @@ def run(
         logging.info("%s: done already (%s exists)", name, stats_path)
         return
 
-    train, heldout = split(comparisons, cfg.heldout_fraction, cfg.seed)
+    train, heldout = pm.heldout_split(comparisons, cfg.heldout_fraction, cfg.seed)
+    if cfg.half:
+        train = pm.halves(train, cfg.seed)[cfg.half - 1]
     loaded = stage_lib.load_model(init, mesh, f"{where}.init_from", "chat", config.get("model"))
     pm_cfg, params = pm.with_scalar_head(loaded.model_cfg, loaded.params, mesh)
     data = pm.PairBatches(

@@ -76,7 +76,10 @@ class RLConfig:
     init_from: str = "sl_cai"  # policy and reference
     reward_model: str = "preference_model"  # the PM stage (its reward_stats.json centres)
     heldout_reward_model: str = ""  # a second PM, only watched (reward hacking shows as a gap)
-    value: str = "model"  # "model": a value model copied from the PM; "head": on the policy
+    value: str = "model"  # "model": a value model copied from the PM; "head": on the policy;
+    # "none": no critic (estimator rloo)
+    estimator: str = "ppo"  # ppo (GAE on a learned value) | rloo (leave-one-out baseline)
+    rloo_k: int = 4  # rloo: samples per prompt (batch_size / rloo_k distinct prompts)
     prompts: str = "toy_world"
     harmful_fraction: float = 0.5  # red-team share of each iteration's prompts
     helpful_made_up: int = 0  # helpful prompts about made-up objects per benign act
@@ -111,8 +114,19 @@ class RLConfig:
     max_skipped_steps: int = 8  # non-finite updates in a row before the run stops
 
     def __post_init__(self) -> None:
-        if self.value not in ("model", "head"):
-            raise ConfigError(f"rl_cai.value={self.value!r}: expected model or head")
+        if self.estimator not in ("ppo", "rloo"):
+            raise ConfigError(f"rl_cai.estimator={self.estimator!r}: expected ppo or rloo")
+        values = ("none",) if self.estimator == "rloo" else ("model", "head")
+        if self.value not in values:
+            raise ConfigError(
+                f"rl_cai.value={self.value!r}: estimator {self.estimator} expects "
+                f"{' or '.join(values)}"
+            )
+        if self.estimator == "rloo" and (self.rloo_k < 2 or self.batch_size % self.rloo_k):
+            raise ConfigError(
+                f"rl_cai.rloo_k={self.rloo_k}: needs k >= 2 dividing rl_cai.batch_size="
+                f"{self.batch_size}"
+            )
         if self.kl_kind not in ("fixed", "adaptive"):
             raise ConfigError(f"rl_cai.kl_kind={self.kl_kind!r}: expected fixed or adaptive")
         if self.prompts != "toy_world":
@@ -171,10 +185,13 @@ def draw_prompts(
 ) -> list[world.Prompt]:
     """Iteration ``iteration``'s prompts, a pure function of ``(seed, iteration)``."""
     rng = np.random.default_rng([cfg.seed, iteration])
-    n_red = int(round(cfg.harmful_fraction * cfg.batch_size))
+    k = cfg.rloo_k if cfg.estimator == "rloo" else 1
+    n = cfg.batch_size // k
+    n_red = int(round(cfg.harmful_fraction * n))
     pick = lambda pool, n: [pool[i] for i in rng.choice(len(pool), n, replace=False)]  # noqa: E731
-    chosen = pick(red, n_red) + pick(helpful, cfg.batch_size - n_red)
-    return [chosen[i] for i in rng.permutation(len(chosen))]
+    chosen = pick(red, n_red) + pick(helpful, n - n_red)
+    # rloo: each prompt k times in a row, the groups ppo.rloo_advantages reads
+    return [chosen[i] for i in rng.permutation(len(chosen)) for _ in range(k)]
 
 
 # ----------------------------------------------------------------------------- the run
@@ -229,10 +246,12 @@ class PPOTrainer:
         reward_fn: RewardFn,
         scores: Scores,
     ):
+        if (value_init is not None) != (cfg.value == "model"):
+            raise ValueError(f"PPOTrainer: value={cfg.value!r} and value_init disagree")
         self.cfg, self.mesh, self.reward_fn, self.scores = cfg, mesh, reward_fn, scores
         self.tok, self.stop_id = policy.tok, policy.stop_id
         policy_cfg, policy_params = policy.model_cfg, policy.params
-        if value_init is None:  # the value head sits on the policy
+        if cfg.value == "head":  # the value head sits on the policy
             policy_cfg, policy_params = pm.with_scalar_head(policy_cfg, policy_params, mesh)
         self.policy_cfg = policy_cfg
         self.policy = Transformer(policy_cfg)
@@ -268,17 +287,20 @@ class PPOTrainer:
             (self.policy_state.params, self.ref_params, self._value_params()), mesh,
             cfg.score_batch, self.seq_len, cfg.max_new_tokens, cfg.temperature,
         )  # fmt: skip
-        self.adv_fn = jax.jit(
-            functools.partial(
-                rl_lib.advantages,
-                reward_mean=self.scores.mean,
-                reward_std=self.scores.std,
-                missing_eos_penalty=cfg.missing_eos_penalty,
-                gamma=cfg.gamma,
-                lam=cfg.lam,
-                whiten=cfg.whiten_advantages,
-            )  # fmt: skip
+        common = dict(
+            reward_mean=self.scores.mean,
+            reward_std=self.scores.std,
+            missing_eos_penalty=cfg.missing_eos_penalty,
+            whiten=cfg.whiten_advantages,
         )
+        if cfg.estimator == "rloo":
+            rloo = functools.partial(rl_lib.rloo_advantages, k=cfg.rloo_k, **common)
+            # same signature as the PPO one: the (zero) values are not read
+            self.adv_fn = jax.jit(lambda lp, lr, v, *rest: rloo(lp, lr, *rest))
+        else:
+            self.adv_fn = jax.jit(functools.partial(
+                rl_lib.advantages, gamma=cfg.gamma, lam=cfg.lam, **common
+            ))  # fmt: skip
         shapes = {
             "tokens": ((cfg.train_batch, self.seq_len), jnp.int32),
             "mask": ((cfg.train_batch, self.seq_len), jnp.bool_),
@@ -288,7 +310,7 @@ class PPOTrainer:
         policy_loss = functools.partial(
             rl_lib.ppo_policy_loss, n_new=cfg.max_new_tokens, temperature=cfg.temperature,
             clip_eps=cfg.clip_eps, value_clip=cfg.value_clip, vf_coef=cfg.vf_coef,
-            value_head=self.value_model is None,
+            value_head=cfg.value == "head",
         )  # fmt: skip
         self.p_step = compile_train_step(self.policy, self.p_opt, mesh, shapes, policy_loss)
         self.v_step = None
@@ -516,7 +538,7 @@ def run(config: ml_collections.ConfigDict, workdir: epath.Path, name: str = "rl_
             out["heldout"] = held_rm.rewards(scored)
         return out
 
-    value_init = None if cfg.value == "head" else (rm_loaded.model, rm_loaded.params)
+    value_init = (rm_loaded.model, rm_loaded.params) if cfg.value == "model" else None
     trainer = PPOTrainer(cfg, optim, value_optim, mesh, loaded, value_init, reward_fn, scores)
     write_json(stage_dir / "memory.json", {
         **trainer.memory,
