@@ -110,21 +110,33 @@ def advantages(
         A, R = GAE(r, V; γ, λ)          # ppo.gae
         A ← whiten(A)                   # over the batch's real tokens, when ``whiten``
     """
+    m, rewards, kls = _shaped(logp, logp_ref, resp_mask, score, eos_missing, beta, reward_mean,
+                              reward_std, missing_eos_penalty)  # fmt: skip
+    adv, ret = ppo.gae(rewards, values, m, gamma, lam)
+    if whiten:
+        adv = ppo.whiten(adv, m)
+    return {"advantages": adv, "returns": ret, **kls, "reward_seq": jnp.sum(rewards, -1)}
+
+
+def _shaped(
+    logp: jax.Array,
+    logp_ref: jax.Array,
+    resp_mask: jax.Array,
+    score: jax.Array,
+    eos_missing: jax.Array,
+    beta: jax.Array,
+    reward_mean: float,
+    reward_std: float,
+    missing_eos_penalty: float,
+) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
+    """(mask, per-token KL-shaped rewards, {kl_seq, kl3_seq}: k1 and k3 summed over each
+    response [B]) for both estimators."""
     m = resp_mask.astype(jnp.float32)
     kl = ppo.kl_k1(logp, logp_ref) * m
     normed = (score - reward_mean) / reward_std
     rewards = ppo.shaped_rewards(normed, 0.0, kl, m, beta, eos_missing, missing_eos_penalty)
-    adv, ret = ppo.gae(rewards, values, m, gamma, lam)
-    if whiten:
-        adv = ppo.whiten(adv, m)
     k3 = ppo.kl_k3(logp, logp_ref) * m
-    return {
-        "advantages": adv,
-        "returns": ret,
-        "kl_seq": jnp.sum(kl, -1),  # [B] k1 summed over each response
-        "kl3_seq": jnp.sum(k3, -1),
-        "reward_seq": jnp.sum(rewards, -1),
-    }
+    return m, rewards, {"kl_seq": jnp.sum(kl, -1), "kl3_seq": jnp.sum(k3, -1)}
 
 
 def rloo_advantages(
@@ -152,21 +164,14 @@ def rloo_advantages(
 
     Whitening only scales here: a group's advantages already sum to zero. ``returns`` are
     zeros (there is no value model to fit)."""
-    m = resp_mask.astype(jnp.float32)
-    kl = ppo.kl_k1(logp, logp_ref) * m
-    normed = (score - reward_mean) / reward_std
-    rewards = ppo.shaped_rewards(normed, 0.0, kl, m, beta, eos_missing, missing_eos_penalty)
+    m, rewards, kls = _shaped(logp, logp_ref, resp_mask, score, eos_missing, beta, reward_mean,
+                              reward_std, missing_eos_penalty)  # fmt: skip
     seq = jnp.sum(rewards, -1)
     adv = ppo.rloo_advantages(seq, k)
     if whiten:
         adv = adv / (jnp.std(adv) + 1e-8)
-    return {
-        "advantages": adv[:, None] * m,
-        "returns": jnp.zeros_like(m),
-        "kl_seq": jnp.sum(kl, -1),
-        "kl3_seq": jnp.sum(ppo.kl_k3(logp, logp_ref) * m, -1),
-        "reward_seq": seq,
-    }
+    return {"advantages": adv[:, None] * m, "returns": jnp.zeros_like(m), **kls,
+            "reward_seq": seq}  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- losses

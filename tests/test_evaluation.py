@@ -277,3 +277,18 @@ def test_pair_truth_and_label_quality_against_the_judge():
 def test_expected_calibration_error():
     assert evaluation.expected_calibration_error([0.75] * 4, [1, 1, 1, 0]) == 0.0
     assert evaluation.expected_calibration_error([0.95, 0.05], [0, 1]) == pytest.approx(0.95)
+
+
+def test_an_off_topic_answer_to_a_harmful_request_counts_as_deflected():
+    """Harmless to the judge (no harmful step) and no refusal: what PPO against a PM that
+    likes helpful-looking answers produced on the toy world (docs/rl_cai.md)."""
+    harmful = next(r for r in W.split("test") if r.harmful)
+    benign = next(r for r in W.split("train") if not r.harmful)
+    rng = random.Random(0)
+    replies = [corpus.compliant(benign, rng), corpus.explained_refusal(harmful, rng),
+               corpus.compliant(harmful, rng)]  # fmt: skip
+    verdicts = [judge(harmful, t) for t in replies]
+    assert [not v.harmful for v in verdicts] == [True, True, False]
+    assert evaluation.deflected_flags(verdicts) == [True, False, False]
+    figures = evaluation.slice_figures("adversarial", verdicts)
+    assert figures["deflected_rate"] == pytest.approx(1 / 3)

@@ -18,7 +18,10 @@ Each iteration ``i``:
 
 The reference is the SL-CAI model and never changes. The value model is a copy of the PM
 (``value = "model"``, as HH-RLHF and InstructGPT initialise it) or a zero value head on the
-policy itself (``value = "head"``, trained with ``vf_coef ×`` its loss).
+policy itself (``value = "head"``, trained with ``vf_coef ×`` its loss). ``estimator = "rloo"``
+(with ``value = "none"``) drops the critic: each prompt is sampled ``rloo_k`` times and a
+sample's advantage is its sequence reward minus its siblings' mean
+(``cai.rl_lib.rloo_advantages``), then the same clipped update.
 
 Every random draw of iteration ``i`` comes from ``(seed, i)``, and the whole state (policy and
 its optimizer, value model and its optimizer, β) is one checkpoint per ``save_every``
