@@ -117,3 +117,25 @@ def torch_threads_line() -> str:
         f"torch {torch.__version__}: get_num_threads()={torch.get_num_threads()}, "
         f"interop={torch.get_num_interop_threads()}, loadavg(1 min)={os.getloadavg()[0]:.2f}"
     )
+
+
+def trl_args(out_dir: str, **kw: Any) -> dict[str, Any]:
+    """TrainingArguments every TRL side shares: f32, no checkpointing, no logging or saving."""
+    return dict(
+        output_dir=out_dir,
+        learning_rate=LR,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        weight_decay=0.0,
+        bf16=False,
+        fp16=False,
+        gradient_checkpointing=False,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=10**6,
+        use_cpu=True,
+        seed=0,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        **kw,
+    )

@@ -255,28 +255,6 @@ def _quiet_trainer(trainer: Any) -> None:
         trainer.remove_callback(cb)
 
 
-def _trl_common(out_dir: str, **kw: Any) -> dict[str, Any]:
-    """TrainingArguments every TRL side shares: f32, no checkpointing, no logging or saving."""
-    return dict(
-        output_dir=out_dir,
-        learning_rate=rc.LR,
-        lr_scheduler_type="constant",
-        warmup_steps=0,
-        weight_decay=0.0,
-        bf16=False,
-        fp16=False,
-        gradient_checkpointing=False,
-        report_to="none",
-        save_strategy="no",
-        logging_steps=10**6,
-        use_cpu=True,
-        seed=0,
-        dataloader_num_workers=0,
-        disable_tqdm=True,
-        **kw,
-    )
-
-
 # ----------------------------------------------------------------------------- row 1: PPO
 
 
@@ -331,7 +309,7 @@ def trl_ppo(a: Assets, reps: int) -> Timings:
     n_iter = reps + rc.WARMUP
     with tempfile.TemporaryDirectory() as out:
         args = PPOConfig(
-            **_trl_common(out),
+            **rc.trl_args(out),
             per_device_train_batch_size=rc.B,
             gradient_accumulation_steps=1,
             num_mini_batches=1,
@@ -584,7 +562,7 @@ def trl_dpo(a: Assets, reps: int) -> Timings:
     ds = _pair_dataset(a)
     with tempfile.TemporaryDirectory() as out:
         args = DPOConfig(
-            **_trl_common(out),
+            **rc.trl_args(out),
             per_device_train_batch_size=rc.B,
             max_steps=reps + rc.WARMUP,
             beta=rc.DPO_BETA,
@@ -609,7 +587,7 @@ def trl_pm(a: Assets, reps: int) -> Timings:
     model = AutoModelForSequenceClassification.from_pretrained(a.rm_dir, dtype=torch.float32)
     with tempfile.TemporaryDirectory() as out:
         args = RewardConfig(
-            **_trl_common(out), per_device_train_batch_size=rc.B, max_steps=reps + rc.WARMUP,
+            **rc.trl_args(out), per_device_train_batch_size=rc.B, max_steps=reps + rc.WARMUP,
             max_length=None,
         )  # fmt: skip
         trainer = RewardTrainer(

@@ -50,21 +50,7 @@ def trl_rloo(root: str, reps: int) -> Timings:
     ds = Dataset.from_dict({"prompt": [rc.hh_prompt(t) for t in rc.prompt_texts()]})
     with tempfile.TemporaryDirectory() as out:
         args = RLOOConfig(
-            output_dir=out,
-            learning_rate=rc.LR,
-            lr_scheduler_type="constant",
-            warmup_steps=0,
-            weight_decay=0.0,
-            bf16=False,
-            fp16=False,
-            gradient_checkpointing=False,
-            report_to="none",
-            save_strategy="no",
-            logging_steps=10**6,
-            use_cpu=True,
-            seed=0,
-            dataloader_num_workers=0,
-            disable_tqdm=True,
+            **rc.trl_args(out),
             per_device_train_batch_size=rc.B * rc.K,
             gradient_accumulation_steps=1,
             num_generations=rc.K,
