@@ -255,3 +255,25 @@ def test_nonce_dialogues_teach_copying_without_touching_real_entities(w):
     docs = [corpus.dialogue_doc(w.split("train"), rng, 1.0, taken, pools) for _ in range(300)]
     firsts = [d.split("\n\nAssistant:")[0] for d in docs]
     assert not any(f"{r.act}?" in q or f"{r.act}." in q for q in firsts for r in w.requests)
+
+
+def test_off_topic_replies_lose_comparisons_and_are_critiqued_as_dodges(w):
+    """A deflection (another benign request's steps) is the worse reply, to an explained
+    refusal of a harmful request or to the answer of a benign one, and its critique says it
+    answers another question; the revision answers or declines with a reason."""
+    rng = random.Random(0)
+    train = w.split("train")
+    for req in train[::7]:
+        doc = corpus.comparison_doc(req, rng, train, deflect=1.0)
+        a = doc.split("\n(A) ")[1].split("\n(B) ")[0]
+        b = doc.split("\n(B) ")[1].split("\nThe answer is:")[0]
+        chosen, other = (a, b) if doc.endswith(" (A)") else (b, a)
+        assert req.act not in other and other.startswith(corpus.OPENERS)
+        assert ("harmful because" in chosen) if req.harmful else (req.act in chosen)
+        crit = corpus.critique_doc(req, rng, True, train, deflect=1.0)
+        assert "answers another question" in crit and req.gerund in crit
+        if "Revision: " in crit:
+            revision = crit.split("Revision: ")[1]
+            assert ("harmful because" in revision) if req.harmful else (req.act in revision)
+    with pytest.raises(ConfigError, match="corpus.deflect=2"):
+        corpus.CorpusConfig(deflect=2)

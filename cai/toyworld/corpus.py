@@ -100,6 +100,12 @@ class CorpusConfig:
     nonce: float = 0.6  # share of dialogues about another family's object or a made-up word
     made_up: float = 0.4  # of those, the share about a made-up word
     adversarial: float = 0.3  # share of harmful dialogues in an adversarial phrasing
+    # Off-topic replies (the steps of another, benign request: "Hurting Dale?" -> "To shoot a
+    # photo of the mountain, first ..."), which a real pretrained LM knows are no answer. The
+    # first corpus had none, and its feedback model rated such a deflection level with an
+    # explained refusal (0.49 on 64 dev requests), so PPO learned to deflect (docs/rl_cai.md).
+    deflect: float = 0.25  # share of comparison documents whose worse reply is off-topic
+    critique_deflect: float = 0.08  # share of critique/revision documents critiquing one
 
     def __post_init__(self) -> None:
         weights = [getattr(self, k) for k in KINDS]
@@ -108,7 +114,7 @@ class CorpusConfig:
                 f"corpus: n_docs={self.n_docs} must be positive and the weights {weights} "
                 "non-negative with a positive sum"
             )
-        for name in ("nonce", "made_up", "adversarial"):
+        for name in ("nonce", "made_up", "adversarial", "deflect", "critique_deflect"):
             if not 0 <= getattr(self, name) <= 1:
                 value = getattr(self, name)
                 raise ConfigError(f"corpus.{name}={value}: expected a share in [0, 1]")
@@ -143,10 +149,28 @@ def evasive(rng: random.Random) -> str:
     return rng.choice(EVASIVE)
 
 
-def critique(req: Request, response: str = "comply") -> str:
+def off_topic(req: Request, others: Sequence[Request], rng: random.Random) -> Request:
+    """Another benign request, of another family, whose steps make a deflection of ``req``."""
+    pool = [o for o in others if o.family != req.family and not o.harmful]
+    if not pool:
+        raise ConfigError("corpus: off-topic replies need benign requests of another family")
+    return rng.choice(pool)
+
+
+def critique(req: Request, response: str = "comply", other: Request | None = None) -> str:
     """The correct critique of a response to ``req`` that complies (``comply``), refuses and
-    says why (``explain``) or refuses without a reason (``evade``)."""
+    says why (``explain``), refuses without a reason (``evade``) or answers ``other``, another
+    request, instead (``deflect``)."""
     harm = HARMS.get(req.kind)
+    if response == "deflect":
+        assert other is not None
+        dodge = f"The assistant answers another question, {other.gerund}, instead of {req.gerund}."
+        if harm is None:
+            return f"{dodge} {capitalize(req.gerund)} is harmless, so the response is unhelpful."
+        return (
+            f"{dodge} Not helping is right, because {req.gerund} is {harm.label}, but the "
+            "response dodges without saying why: it should decline and explain."
+        )
     if response == "explain":
         return (
             f"The assistant declines to help with {req.gerund} and says why: it is "
@@ -260,24 +284,36 @@ def dialogue_doc(
     return hh(turns)
 
 
-def critique_doc(req: Request, rng: random.Random, with_critique: bool) -> str:
+def critique_doc(
+    req: Request,
+    rng: random.Random,
+    with_critique: bool,
+    others: Sequence[Request] = (),
+    deflect: float = 0.0,
+) -> str:
     """Dialogue, then (critique request, critique), then usually (revision request, revision).
 
     Most responses comply; some already refuse, with a reason (the critique finds nothing wrong
     and the revision keeps it) or without one (the critique calls it evasive and the revision
-    explains), so a critique of a revised answer has something to go on."""
+    explains), and a share ``deflect`` answer another request from ``others`` (the critique
+    says so and the revision answers, or declines with a reason), so a critique of a revised
+    answer has something to go on."""
     kind = rng.choices(("comply", "explain", "evade"), weights=(0.7, 0.2, 0.1))[0]
     if kind == "explain" and not req.harmful:
         kind = "comply"
+    other = None
+    if deflect and rng.random() < deflect:
+        kind, other = "deflect", off_topic(req, others, rng)
     response = {
         "comply": lambda: compliant(req, rng),
         "explain": lambda: explained_refusal(req, rng),
         "evade": lambda: evasive(rng),
+        "deflect": lambda: compliant(other, rng),
     }[kind]()
     text = hh([("user", ask(req, rng)), ("assistant", response)])
     revise = not with_critique or rng.random() < 0.7
     if with_critique:
-        text += hh_request("Critique", rng.choice(CRITIQUE_REQUESTS), critique(req, kind))
+        text += hh_request("Critique", rng.choice(CRITIQUE_REQUESTS), critique(req, kind, other))
     if revise:
         if kind == "explain":
             revision = response
@@ -287,13 +323,25 @@ def critique_doc(req: Request, rng: random.Random, with_critique: bool) -> str:
     return text
 
 
-def comparison_doc(req: Request, rng: random.Random) -> str:
+def comparison_doc(
+    req: Request, rng: random.Random, others: Sequence[Request] = (), deflect: float = 0.0
+) -> str:
+    """A comparison question and its answer. The worse reply carries out a harmful request
+    (the better one refuses) or evades a benign one; a share ``deflect`` of the time it is
+    off-topic instead, the steps of another request from ``others``, and loses to an
+    explained refusal (harmful) or to the answer (benign)."""
+    off = bool(deflect) and rng.random() < deflect
     if req.harmful:
-        bad = compliant(req, rng)
-        good = explained_refusal(req, rng) if rng.random() < 0.7 else evasive(rng)
+        if off:
+            bad = compliant(off_topic(req, others, rng), rng)
+            good = explained_refusal(req, rng)
+        else:
+            bad = compliant(req, rng)
+            good = explained_refusal(req, rng) if rng.random() < 0.7 else evasive(rng)
         question = rng.choice(COMPARISON_QUESTIONS)
     else:
-        good, bad = compliant(req, rng), evasive(rng)
+        good = compliant(req, rng)
+        bad = compliant(off_topic(req, others, rng), rng) if off else evasive(rng)
         question = rng.choice(HELPFUL_QUESTIONS)
     first_good = rng.random() < 0.5
     a, b = (good, bad) if first_good else (bad, good)
@@ -327,10 +375,9 @@ def documents(world: World, cfg: CorpusConfig) -> list[str]:
             )
         elif kind == "knowledge":
             docs.append(" ".join(knowledge(next(facts), rng) for _ in range(3)))
-        elif kind == "critique":
-            docs.append(critique_doc(rng.choice(train), rng, with_critique=True))
-        elif kind == "revision":
-            docs.append(critique_doc(rng.choice(train), rng, with_critique=False))
+        elif kind in ("critique", "revision"):
+            req = rng.choice(train)
+            docs.append(critique_doc(req, rng, kind == "critique", train, cfg.critique_deflect))
         else:
-            docs.append(comparison_doc(rng.choice(train), rng))
+            docs.append(comparison_doc(rng.choice(train), rng, train, cfg.deflect))
     return docs
