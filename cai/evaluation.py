@@ -502,3 +502,59 @@ def feedback_table(summary: dict[str, Any], split: str = "test") -> str:
                     cells.append(text.rjust(18))
             lines.append(key.ljust(22) + "".join(cells))
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- judged by a PM
+
+PM_KINDS = ("red_team", "helpful")
+
+
+def pm_reply_figures(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Without ground truth (a real model on HH-RLHF): a preference model's mean score of each
+    kind of prompt's replies, with a normal 95% interval of the mean, and their count."""
+    out: dict[str, Any] = {}
+    for kind in PM_KINDS:
+        r = np.asarray([x["pm_score"] for x in records if x["kind"] == kind], np.float64)
+        if not len(r):
+            continue
+        half = 1.96 * r.std(ddof=1) / np.sqrt(len(r)) if len(r) > 1 else float("nan")
+        out[f"{kind}_score"] = float(r.mean())
+        out[f"{kind}_score_ci95"] = [float(r.mean() - half), float(r.mean() + half)]
+        out[f"n_{kind}"] = len(r)
+    return out
+
+
+def pm_paired(first: Sequence[dict[str, Any]], second: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Per prompt kind, how often the second model's reply outscores the first's on the same
+    prompt (ties half) and the exact sign test of wins against losses (McNemar's test on
+    "first higher" / "second higher", whose discordant pairs are exactly those)."""
+    if [r["prompt"] for r in first] != [r["prompt"] for r in second]:
+        raise ValueError("paired records must answer the same prompts in the same order")
+    out = {}
+    for kind in PM_KINDS:
+        a = np.asarray([r["pm_score"] for r in first if r["kind"] == kind])
+        b = np.asarray([r["pm_score"] for r in second if r["kind"] == kind])
+        if not len(a):
+            continue
+        test = stats.mcnemar(list(a > b), list(b > a))
+        win = float(np.mean((b > a) + 0.5 * (b == a)))
+        out[kind] = {"win_rate": win, "n": len(a), "p_value": test["p_value"]}
+    return out
+
+
+def pm_table(summary: dict[str, Any], keys: Sequence[str], judge: str) -> str:
+    """The end-of-run table of a run judged by the PM ``judge``: mean score per prompt kind."""
+    width = 24
+    lines = [f"HH-RLHF test prompts, scored by {judge}".ljust(30)
+             + "".join(k.rjust(width) for k in keys)]  # fmt: skip
+    for kind in PM_KINDS:
+        cells = []
+        for k in keys:
+            s = summary[k]["test"]
+            if f"{kind}_score" not in s:
+                cells.append("-".rjust(width))
+                continue
+            lo, hi = s[f"{kind}_score_ci95"]
+            cells.append(f"{s[f'{kind}_score']:.3f} ±{(hi - lo) / 2:.3f}".rjust(width))
+        lines.append(f"{kind} score".ljust(30) + "".join(cells))
+    return "\n".join(lines)

@@ -205,3 +205,82 @@ def baseline_experiment(
         with_rl_cai(config, smoke=smoke)
     with_baselines(config, methods, smoke=smoke)
     return config
+
+
+# ----------------------------------------------------------------------------- real models
+
+REAL_RLCAI = ("sl_cai", "pairs", "feedback", "human_feedback", "preference_model", "pm_heldout",
+              "rl_cai", "evaluate")  # fmt: skip
+# The vendored HH-RLHF sample (tests/data/hh_rlhf, the release's test split) stands in for a
+# download in the :smoke variants; its files are read as train data there, so a smoke run
+# evaluates on prompts it trained on: it checks the code path, not the model.
+SMOKE_HH_AS_TRAIN = ("harmless_base_test_prompts", "harmless_base_test_pairs")
+
+
+def real_rlcai(
+    config: ml_collections.ConfigDict, hh_rlhf_dir: str, hhh_dir: str, smoke: bool = False
+) -> None:
+    """Every stage of the paper on a real chat model and HH-RLHF (pods, SmolLM2): SL-CAI on the
+    release's train red-team prompts under ``config.constitution``, pairs from the SL-CAI
+    model, AI harmlessness labels from the base model (``config.init_from``; debiased, chat
+    turns), the release's helpfulness comparisons as the human labels, a PM on each half of
+    them (``pm_heldout`` watches PPO for reward hacking and judges the evaluation), PPO, and
+    evaluation on the release's test prompts and HHH. ``hh_rlhf_dir`` is one reference shared
+    by every stage's field, so ``--config.data.dir=PATH`` moves them all."""
+    config.base = "init_from"
+    hh = ml_collections.FieldReference(hh_rlhf_dir)
+    config.data = ml_collections.ConfigDict({"builder": "hh_rlhf", "dir": hh})
+    as_train = SMOKE_HH_AS_TRAIN if smoke else ()
+    const = config.constitution
+    if smoke:
+        sizes = dict(red=8, steps=4, batch=8, seq=128, tokens=8, pm_steps=4, iters=2, rl_batch=8)
+    else:
+        sizes = dict(red=-1, steps=1000, batch=32, seq=1024, tokens=256, pm_steps=2000,
+                     iters=500, rl_batch=64)  # fmt: skip
+    s = sizes
+    config.sl_cai = sl_cai.stage_config(
+        steps=s["steps"], batch_size=s["batch"], seq_len=s["seq"], prompts="hh_rlhf",
+        hh_rlhf_dir=hh_rlhf_dir, hh_rlhf_as_train=as_train, red_team=s["red"],
+        helpful=0 if smoke else -1, style="chat", rounds=1 if smoke else 4,
+        shard_size=8 if smoke else 256,
+        response_tokens=s["tokens"], critique_tokens=s["tokens"], revision_tokens=s["tokens"],
+        top_p=1.0 if smoke else 0.95,
+    )  # fmt: skip
+    config.sl_cai.constitution = const
+    config.sl_cai.optim.learning_rate = 1e-5
+    config.pairs = pairs.stage_config(
+        prompts="hh_rlhf", hh_rlhf_dir=hh_rlhf_dir, hh_rlhf_as_train=as_train, red_team=s["red"],
+        helpful=0, eval_splits=(), max_new_tokens=s["tokens"], shard_size=8 if smoke else 256,
+    )  # fmt: skip
+    config.feedback = feedback.stage_config(debias=True, style="chat")
+    config.feedback.update(constitution=const, batch_size=8 if smoke else 64,
+                           shard_size=8 if smoke else 256)  # fmt: skip
+    config.human_feedback = human_feedback.stage_config(
+        source="hh_rlhf", hh_rlhf_dir=hh_rlhf_dir, hh_rlhf_as_train=as_train,
+        hh_rlhf_files=("harmless_base_test_pairs",) if smoke else ("helpful",),
+        hh_rlhf_n=16 if smoke else -1,
+    )  # fmt: skip
+    pm_train = dict(steps=s["pm_steps"], batch_size=s["batch"], seq_len=s["seq"],
+                    learning_rate=1e-5, score_batch_size=s["batch"])  # fmt: skip
+    config.preference_model = pm_stage.stage_config(**pm_train, half=1)
+    config.pm_heldout = pm_stage.stage_config(**pm_train, half=2)
+    config.rl_cai = rl_cai.stage_config(
+        prompts="hh_rlhf", hh_rlhf_dir=hh_rlhf_dir, hh_rlhf_as_train=as_train,
+        heldout_reward_model="pm_heldout", iterations=s["iters"], batch_size=s["rl_batch"],
+        rollout_batch=s["rl_batch"], score_batch=s["rl_batch"], minibatch=s["rl_batch"] // 2,
+        train_batch=s["rl_batch"] // 2 if smoke else 8, epochs=1 if smoke else 2,
+        prompt_len=256 if smoke else 512, max_new_tokens=s["tokens"],
+        save_every=1 if smoke else 10, curve_every=1 if smoke else 50,
+    )  # fmt: skip
+    config.evaluate = configs.as_dict(evaluate.EvalConfig(
+        checkpoints={"base": "base", "sl_cai": "sl_cai", "rl_cai": "rl_cai"}, splits=("test",),
+        prompts="hh_rlhf", judge_pm="pm_heldout", hh_rlhf_dir=hh_rlhf_dir, hhh_dir=hhh_dir,
+        hhh_models={"base": "base"}, hh_rlhf_n=8 if smoke else 200,
+        hh_rlhf_prompts=8 if smoke else 256, max_new_tokens=s["tokens"],
+        batch_size=8 if smoke else 64, hhh_batch_size=8,
+        preference_models={"preference_model": "preference_model", "pm_heldout": "pm_heldout"},
+    ))  # fmt: skip
+    for section in (config.sl_cai.loop, config.pairs, config.human_feedback, config.rl_cai,
+                    config.evaluate):  # fmt: skip
+        section.hh_rlhf_dir = hh
+    config.stages = REAL_RLCAI

@@ -41,7 +41,7 @@ from cai.tokenizer import Tokenizer, chat_stop_id, render_chat
 # The toy world's helpful-only base model, shipped with the package (experiments/pretrain_toy.py
 # rebuilds it; README says how to replace it).
 SHIPPED_BASE = pathlib.Path(cai.__file__).resolve().parent / "assets" / "toy_base"
-BASES = ("shipped", "pretrain")
+BASES = ("shipped", "pretrain", "init_from")
 
 # Keys that change how a run proceeds, never what it produces: left out of the guard.
 RUNTIME_KEYS = frozenset(
@@ -64,7 +64,8 @@ def resolve_init(
     config: ml_collections.ConfigDict, workdir: epath.Path, init_from: str, where: str
 ) -> str:
     """A loadable path for ``init_from``: ``base`` is the run's base model (``config.base``:
-    the shipped one, or this workdir's ``pretrain`` stage); a name that exists under the
+    the shipped one, this workdir's ``pretrain`` stage, or ``init_from``: the checkpoint at
+    ``config.init_from``, a real model's HF directory or GGUF file); a name that exists under the
     workdir is that stage's output; anything else is a path."""
     if init_from == "base":
         base = config.get("base", "pretrain")
@@ -77,6 +78,16 @@ def resolve_init(
                     "with experiments/pretrain_toy.py, or pass --config.base=pretrain)"
                 )
             return os.fspath(SHIPPED_BASE)
+        if base == "init_from":
+            path = config.get("init_from", "")
+            if not path:
+                raise ConfigError(
+                    f"{where}=base: config.base=init_from but config.init_from is empty "
+                    "(pass --config.init_from=PATH: an HF directory, a GGUF file or a checkpoint)"
+                )
+            if not (os.path.exists(path) or "://" in path):
+                raise ConfigError(f"{where}=base: config.init_from={path} does not exist")
+            return path
         init_from = "pretrain"
     local = workdir / init_from
     if local.exists():

@@ -10,20 +10,30 @@
   # Locally, the same config shrunk to a tiny random Gemma on 8 (fake) devices:
   python -m cai.main --config=experiments/gemma_2b_rlcai_tpu.py:smoke --dry_run
 
-The paper's stages land in later issues; until then ``stages`` is empty and this file pins down
-the model, checkpoint, tokenizer, data, mesh and step shapes they will use. ``--dry_run`` compiles
-those steps (fine-tuning train step, generation, scoring) for the real shapes.
+  # The same, run end to end on a tiny random checkpoint of this family (an HF directory you
+  # built, e.g. as tests/test_pods.py does) and the vendored HH-RLHF sample:
+  XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu python -m cai.main \
+    --config=experiments/gemma_2b_rlcai_tpu.py:smoke --config.init_from=TINY_HF_DIR \
+    --workdir=/tmp/pod_smoke
+
+Every stage of the paper (``presets.REAL_RLCAI``): SL-CAI on the release's train red-team
+prompts, pairs, AI feedback from the base model, the release's helpfulness comparisons, a PM on
+each half of the comparisons, PPO, and evaluation on the release's test prompts judged by the
+held-out PM, plus HHH. ``--dry_run`` compiles every step (fine-tuning, generation, scoring,
+the PM step and PPO's rollout, scoring and update) for the real shapes.
 """
+
+import pathlib
 
 import ml_collections
 
-from cai import configs
+from cai import configs, presets
 from cai.dry_run import DryRunConfig, shrink_for_smoke
 from cai.sharding import MeshConfig
 
 
 def get_config(arg: str | None = None):
-    config = configs.base_config(stages=(), model_preset="gemma_2b")
+    config = configs.base_config(stages=presets.REAL_RLCAI, model_preset="gemma_2b")
     # The v5e-16 slice: data=1, fsdp=4, tensor=4. Tensor parallelism keeps sampling from
     # gathering whole weight matrices on every chip (FSDP alone does; see README's dry-run table).
     config.mesh = configs.as_dict(MeshConfig(data=1, fsdp=4, tensor=4))
@@ -61,8 +71,15 @@ def get_config(arg: str | None = None):
             score_len=8,
         )
     )
-    if arg == "smoke":
+    smoke = arg == "smoke"
+    if smoke:
         shrink_for_smoke(config, "gemma_2b", n_kv_heads=1)
     elif arg:
         raise ValueError(f"unknown variant {arg!r}; known: smoke")
+    if smoke:  # the vendored HH-RLHF sample (tests/data/README.md) in place of the download;
+        # HHH only on its comparisons (BIG-bench hhh_alignment is measured in tests/test_hhh.py)
+        data = pathlib.Path(__file__).resolve().parents[1] / "tests" / "data"
+        presets.real_rlcai(config, str(data / "hh_rlhf"), "", smoke=True)
+    else:
+        presets.real_rlcai(config, config.data.dir, "/mnt/disks/data/hhh_alignment")
     return config

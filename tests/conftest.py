@@ -23,3 +23,14 @@ def pytest_configure(config: pytest.Config) -> None:
     assert jax.device_count() == 8, (
         "tests expect 8 fake CPU devices; import jax only after conftest"
     )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``long`` tests run only with CAI_LONG_TESTS=1: each repeats a whole pipeline another
+    test already runs, on another model family, and would add minutes to every suite run."""
+    if os.environ.get("CAI_LONG_TESTS") == "1":
+        return
+    skip = pytest.mark.skip(reason="a long test: set CAI_LONG_TESTS=1 to run it")
+    for item in items:
+        if "long" in item.keywords:
+            item.add_marker(skip)

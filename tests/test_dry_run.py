@@ -43,7 +43,10 @@ def test_smoke_dry_run_compiles_every_step(repo):
     config = load(repo, "gemma_2b_rlcai_tpu").get_config("smoke")  # llama: the CLI test below
     lines = []
     results = dry_run.run(config, print_fn=lines.append)
-    assert list(results) == ["finetune/train_step", "generate", "score"]
+    # every stage's steps, then the shapes of config.dry_run
+    stages = ["sl_cai/train_step", "preference_model/train_step", "pm_heldout/train_step"]
+    stages += [f"rl_cai/{s}" for s in dry_run.RL_STEPS]
+    assert list(results) == [*stages, "finetune/train_step", "generate", "score"]
     assert lines[0].startswith("mesh {'data': 2, 'fsdp': 2, 'tensor': 2} over 8 cpu devices")
     cfg = configs.to_dataclass(ModelConfig, config.model, "model")
     param_bytes = 4 * cfg.num_params()
@@ -53,7 +56,8 @@ def test_smoke_dry_run_compiles_every_step(repo):
     assert param_bytes / 8 <= results["generate"]["argument"] < param_bytes / 2
     # Train-step arguments hold params + two AdamW moments (+ the batch).
     assert results["finetune/train_step"]["argument"] > 2.5 * results["generate"]["argument"]
-    assert sum("|" in line for line in lines) == 4  # header + one row per step
+    assert sum("|" in line for line in lines) == 1 + len(results)  # header + a row per step
+    assert results["rl_cai/rollout_generate"]["shape"] == "batch 8, prompt 256 + 8 new"
 
 
 def test_dry_run_cli_writes_nothing(repo, tmp_path):

@@ -17,6 +17,14 @@ accuracy and calibration on the held-out harmlessness pairs the judge tells apar
 ``evaluate.preference_models``, each preference model's pairwise accuracy per task on the
 held-out pairs goes to ``summary.json["preference_model"][key][split]``, beside its reward
 statistics. The stage ends by printing the results tables.
+
+With ``evaluate.prompts = "hh_rlhf"`` (a real model; no judge exists) each checkpoint answers
+the first ``hh_rlhf_prompts`` red-team and helpful prompts of the HH-RLHF release's **test**
+split, greedily, and the preference model ``evaluate.judge_pm`` (best one trained on other
+comparisons than the RL policy's PM, such as ``pm_heldout``) scores every reply:
+``summary.json[key]["test"]`` holds the mean score per prompt kind, ``summary.json["paired"]``
+each later model's win rate over the first on the same prompts with a sign test. HHH accuracy
+(``hhh_models``, ``preference_models``) is measured as on the toy world.
 """
 
 from __future__ import annotations
@@ -65,6 +73,12 @@ class EvalConfig:
     rl_curves: dict[str, str] = dataclasses.field(default_factory=dict)
     curve_split: str = "dev"
     curve_phrasings: int = -1
+    # toy_world (judged by ground truth) | hh_rlhf (the release's test prompts, judged by the
+    # preference model judge_pm; needs hh_rlhf_dir)
+    prompts: str = "toy_world"
+    judge_pm: str = ""
+    hh_rlhf_prompts: int = 64  # test prompts of each kind (red-team, helpful); -1: all
+    hh_rlhf_as_test: tuple[str, ...] = ()  # file keys read as test (a copy that names none)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -82,6 +96,16 @@ class EvalConfig:
             raise ConfigError(f"evaluate.splits={self.splits}: expected dev and/or test")
         if self.curve_split not in ("dev", "test"):
             raise ConfigError(f"evaluate.curve_split={self.curve_split!r}: expected dev or test")
+        if self.prompts not in ("toy_world", "hh_rlhf"):
+            raise ConfigError(f"evaluate.prompts={self.prompts!r}: expected toy_world or hh_rlhf")
+        if self.prompts == "hh_rlhf":
+            if not (self.hh_rlhf_dir and self.judge_pm):
+                raise ConfigError("evaluate.prompts=hh_rlhf needs evaluate.hh_rlhf_dir and "
+                                  "evaluate.judge_pm (no judge knows the truth there)")  # fmt: skip
+            judged = [f for f in ("revisions", "feedback", "rl_curves") if getattr(self, f)]
+            if judged:
+                raise ConfigError(f"evaluate.{judged[0]} needs the toy world's judge "
+                                  "(evaluate.prompts=toy_world)")  # fmt: skip
 
 
 def pipeline_order(checkpoints: dict[str, str], stages: Sequence[str]) -> list[str]:
@@ -105,6 +129,8 @@ def revision_curves(w: world.World, stage_dir: epath.Path, workdir: epath.Path) 
 
 def run(config: ml_collections.ConfigDict, workdir: epath.Path) -> None:
     cfg = configs.to_dataclass(EvalConfig, configs.get(config, "evaluate", ""), "evaluate")
+    if cfg.prompts == "hh_rlhf":
+        return run_hh_rlhf(config, workdir, cfg)
     w = world.generate(configs.to_dataclass(world.WorldConfig, config.world, "world"))
     mesh = sharding.make_mesh(configs.to_dataclass(sharding.MeshConfig, config.mesh, "mesh"))
     out_dir = workdir / "evaluate"
@@ -182,6 +208,82 @@ def run(config: ml_collections.ConfigDict, workdir: epath.Path) -> None:
     print(evaluation.table(full, keys, split))
     if cfg.feedback or pm_paths:
         print(evaluation.feedback_table(full, split))
+
+
+def hh_test_prompts(workdir: epath.Path, cfg: EvalConfig) -> list[tuple[str, str]]:
+    """(kind, prompt): the first human turns of the release's **test** split, the first
+    ``hh_rlhf_prompts`` of each kind in a seeded order, red-team ones first."""
+    from cai.data.hh_rlhf import hh_rlhf
+
+    red, helpful = hh_rlhf.cai_prompts(
+        str(workdir / "data"), cfg.hh_rlhf_dir, split="test",
+        as_split={k: "test" for k in cfg.hh_rlhf_as_test},
+    )  # fmt: skip
+    n = cfg.hh_rlhf_prompts
+    return [(kind, t) for kind, pool in (("red_team", red), ("helpful", helpful))
+            for t in stage_lib.take(pool, n, cfg.seed)]  # fmt: skip
+
+
+def run_hh_rlhf(config: ml_collections.ConfigDict, workdir: epath.Path, cfg: EvalConfig) -> None:
+    """Evaluation without ground truth: replies to HH-RLHF test prompts, scored by a PM."""
+    mesh = sharding.make_mesh(configs.to_dataclass(sharding.MeshConfig, config.mesh, "mesh"))
+    out_dir = workdir / "evaluate"
+    paths = {
+        key: stage_lib.resolve_init(
+            config, workdir, cfg.checkpoints[key], f"evaluate.checkpoints.{key}"
+        )
+        for key in pipeline_order(cfg.checkpoints, configs.stages_of(config))
+    }
+    judge_path = stage_lib.resolve_init(config, workdir, cfg.judge_pm, "evaluate.judge_pm")
+    pm_paths = {
+        key: stage_lib.resolve_init(config, workdir, name, f"evaluate.preference_models.{key}")
+        for key, name in cfg.preference_models.items()
+    }
+    stage_lib.guard(
+        out_dir,
+        stage_lib.section(config, "evaluate"),
+        {**{key: stage_lib.fingerprint(path) for key, path in paths.items()},
+         "judge_pm": stage_lib.fingerprint(judge_path),
+         **{f"pm:{key}": stage_lib.fingerprint(path) for key, path in pm_paths.items()}},
+    )  # fmt: skip
+    prompts = hh_test_prompts(workdir, cfg)
+    records: dict[str, list[dict[str, Any]]] = {}
+    rm = None
+    for key, path in paths.items():
+        done = out_dir / f"{key}.test.json"
+        if done.exists():
+            records[key] = read_jsonl(out_dir / f"{key}.test.jsonl")
+            update_summary(workdir, key, {"test": read_json(done)})
+            continue
+        loaded = stage_lib.load_model(path, mesh, f"evaluate.checkpoints.{key}")
+        model = stage_lib.TextModel(
+            stage_lib.TextSampler(loaded, mesh, cfg.batch_size), cfg.max_new_tokens
+        )
+        convs = [(("user", t),) for _, t in prompts]
+        replies = model.reply(convs, desc=f"evaluate {key}")
+        if rm is None:
+            judge = stage_lib.load_model(judge_path, mesh, "evaluate.judge_pm")
+            rm = preference_model.RewardModel(judge, mesh, cfg.batch_size)
+        scores = rm.rewards([(*c, ("assistant", r)) for c, r in zip(convs, replies)])
+        recs = [{"kind": kind, "prompt": t, "reply": r, "pm_score": float(x)}
+                for (kind, t), r, x in zip(prompts, replies, scores)]  # fmt: skip
+        figures = evaluation.pm_reply_figures(recs)
+        write_jsonl(out_dir / f"{key}.test.jsonl", recs)
+        write_json(done, figures)  # written last: marks the model finished
+        records[key] = recs
+        update_summary(workdir, key, {"test": figures})
+    keys = list(paths)
+    if len(keys) > 1:
+        pairs = [(keys[0], k) for k in keys[1:]]
+        if "sl_cai" in keys and "rl_cai" in keys:
+            pairs.append(("sl_cai", "rl_cai"))
+        update_summary(workdir, "paired", {
+            f"{b}_vs_{a}": {"test": evaluation.pm_paired(records[a], records[b])}
+            for a, b in pairs
+        })  # fmt: skip
+    if cfg.hhh_dir or cfg.hh_rlhf_dir:
+        hhh_eval(config, workdir, cfg, mesh, pm_paths)
+    print(evaluation.pm_table(read_json(workdir / "summary.json"), keys, cfg.judge_pm))
 
 
 def rl_curve(

@@ -83,7 +83,9 @@ class RLConfig:
     # "none": no critic (estimator rloo)
     estimator: str = "ppo"  # ppo (GAE on a learned value) | rloo (leave-one-out baseline)
     rloo_k: int = 4  # rloo: samples per prompt (batch_size / rloo_k distinct prompts)
-    prompts: str = "toy_world"
+    prompts: str = "toy_world"  # toy_world | hh_rlhf (the release's train split)
+    hh_rlhf_dir: str = ""  # for prompts=hh_rlhf: the downloaded HH-RLHF files
+    hh_rlhf_as_train: tuple[str, ...] = ()  # see sl_cai.loop.hh_rlhf_as_train
     harmful_fraction: float = 0.5  # red-team share of each iteration's prompts
     helpful_made_up: int = 0  # helpful prompts about made-up objects per benign act
     iterations: int = 60
@@ -132,8 +134,10 @@ class RLConfig:
             )
         if self.kl_kind not in ("fixed", "adaptive"):
             raise ConfigError(f"rl_cai.kl_kind={self.kl_kind!r}: expected fixed or adaptive")
-        if self.prompts != "toy_world":
-            raise ConfigError(f"rl_cai.prompts={self.prompts!r}: only toy_world so far")
+        if self.prompts not in ("toy_world", "hh_rlhf"):
+            raise ConfigError(f"rl_cai.prompts={self.prompts!r}: expected toy_world or hh_rlhf")
+        if self.prompts == "hh_rlhf" and not self.hh_rlhf_dir:
+            raise ConfigError("rl_cai.prompts=hh_rlhf needs rl_cai.hh_rlhf_dir")
         for name in ("iterations", "batch_size", "rollout_batch", "score_batch", "minibatch",
                      "train_batch", "epochs", "prompt_len", "max_new_tokens", "save_every",
                      "curve_every"):  # fmt: skip
@@ -183,6 +187,22 @@ def toy_prompts(w: world.World, made_up: int = 0) -> tuple[list[world.Prompt], l
     return list(world.attack_prompts(w)), list(world.helpful_prompts(w, made_up_per_family=made_up))
 
 
+def hh_rlhf_prompts(
+    workdir: epath.Path, cfg: RLConfig
+) -> tuple[list[world.Prompt], list[world.Prompt]]:
+    """(red-team, helpful) first human turns of the HH-RLHF release's **train** split, as
+    SL-CAI and stage ``pairs`` read them; the helpful pool falls back to the red-team one when
+    the release copy holds no helpful file of that split."""
+    from cai.data.hh_rlhf import hh_rlhf
+
+    red, helpful = hh_rlhf.cai_prompts(
+        str(workdir / "data"), cfg.hh_rlhf_dir, split="train", as_train=cfg.hh_rlhf_as_train
+    )
+    as_prompt = lambda t, s: world.Prompt((("user", t),), "", s)  # noqa: E731
+    red_p = [as_prompt(t, "red_team") for t in red]
+    return red_p, [as_prompt(t, "helpful") for t in helpful] or red_p
+
+
 def draw_prompts(
     red: list[world.Prompt], helpful: list[world.Prompt], cfg: RLConfig, iteration: int
 ) -> list[world.Prompt]:
@@ -191,7 +211,8 @@ def draw_prompts(
     k = cfg.rloo_k if cfg.estimator == "rloo" else 1
     n = cfg.batch_size // k
     n_red = int(round(cfg.harmful_fraction * n))
-    pick = lambda pool, n: [pool[i] for i in rng.choice(len(pool), n, replace=False)]  # noqa: E731
+    # without replacement unless the pool is smaller than the draw (a small release copy)
+    pick = lambda pool, n: [pool[i] for i in rng.choice(len(pool), n, replace=n > len(pool))]  # noqa: E731
     chosen = pick(red, n_red) + pick(helpful, n - n_red)
     # rloo: each prompt k times in a row, the groups ppo.rloo_advantages reads
     return [chosen[i] for i in rng.permutation(len(chosen)) for _ in range(k)]
@@ -515,12 +536,16 @@ def run(config: ml_collections.ConfigDict, workdir: epath.Path, name: str = "rl_
               "reward_model": stage_lib.fingerprint(rm_path)}  # fmt: skip
     if held_path:
         inputs["heldout_reward_model"] = stage_lib.fingerprint(held_path)
-    stage_lib.guard(stage_dir, stage_lib.section(config, "world", name), inputs)
+    world_part = ("world",) if cfg.prompts == "toy_world" else ()
+    stage_lib.guard(stage_dir, stage_lib.section(config, *world_part, name), inputs)
     if (stage_dir / "done.json").exists():
         return
 
-    w = world.generate(configs.to_dataclass(world.WorldConfig, config.world, "world"))
-    red, helpful = toy_prompts(w, cfg.helpful_made_up)
+    if cfg.prompts == "toy_world":
+        w = world.generate(configs.to_dataclass(world.WorldConfig, config.world, "world"))
+        red, helpful = toy_prompts(w, cfg.helpful_made_up)
+    else:
+        red, helpful = hh_rlhf_prompts(workdir, cfg)
     loaded = stage_lib.load_model(init, mesh, f"{name}.init_from")
     pm_len = bucket(cfg.prompt_len + cfg.max_new_tokens + 16)  # the PM's rendering adds a few
     rm_loaded = stage_lib.load_model(rm_path, mesh, f"{name}.reward_model")

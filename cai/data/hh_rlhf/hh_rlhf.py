@@ -373,3 +373,37 @@ def cai_prompts(
             for i, ex in enumerate(comp[s]):
                 helpful.append(first_human_turn(as_text(ex["prompt"]), f"{s}[{i}]"))
     return red_team, helpful
+
+
+def comparison_rows(
+    data_dir: str,
+    manual_dir: str,
+    split: str = "train",
+    prefixes: Sequence[str] = ("helpful",),
+    as_split: Mapping[str, str] | None = None,
+    as_train: Sequence[str] | str = (),
+) -> list[tuple[str, str, str, str]]:
+    """(source, prompt dialogue, chosen reply, rejected reply) of every usable comparison of one
+    release split in the files whose key starts with one of ``prefixes`` (``helpful``: the
+    helpfulness comparisons a preference model learns from, labelled by crowdworkers), in
+    split then example order. Pairs whose dialogues differ before the last reply, or whose
+    replies are identical, are no comparison of two replies and are skipped. ``prompt`` ends
+    with the last ``\\n\\nAssistant:``."""
+    check_release(split, "split")
+    comp = builder(data_dir, "comparisons", manual_dir, overrides(as_split, as_train))
+    source = comp.as_data_source()
+    rows = []
+    for s in sorted(source):
+        if release_split(s) != split or not s.startswith(tuple(prefixes)):
+            continue
+        for i, ex in enumerate(source[s]):
+            good, bad = as_text(ex["chosen_reply"]), as_text(ex["rejected_reply"])
+            if bool(ex["same_prompt"]) and good != bad:
+                rows.append((f"{s}[{i}]", as_text(ex["prompt"]), good, bad))
+    if not rows:
+        have = ", ".join(sorted(source)) or "none"
+        raise ConfigError(
+            f"hh_rlhf: no {split} comparisons in files starting with {', '.join(prefixes)} "
+            f"under {manual_dir} (comparison splits: {have})"
+        )
+    return rows
