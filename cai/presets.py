@@ -78,7 +78,8 @@ def with_rl_half(config: ml_collections.ConfigDict, smoke: bool = False) -> None
     # from 0.86 (one principle, the paper's form) to 0.92 (docs/ai_feedback.md).
     if smoke:
         config.pairs = pairs.stage_config(
-            red_team=32, helpful=32, eval_phrasings=1, max_new_tokens=8, shard_size=16
+            red_team=32, helpful=32, eval_phrasings=1, max_new_tokens=8, shard_size=16,
+            red_team_second="base",
         )
         config.feedback = feedback.stage_config(cot_tokens=8, debias=True)
         config.feedback.update(batch_size=32, shard_size=32, compare_k=2)
@@ -87,7 +88,12 @@ def with_rl_half(config: ml_collections.ConfigDict, smoke: bool = False) -> None
         # Every helpful prompt, four samples each: two samples of the SL-CAI model rarely
         # differ in what a worker checks (one pair in eight here), so the "human" helpfulness
         # labels need many pairs to find the ones that do.
-        config.pairs = pairs.stage_config(helpful=-1, helpful_samples=8, helpful_made_up=64)
+        # Red-team pairs: an SL-CAI sample against a base-model one (pairs.red_team_second):
+        # two SL-CAI samples differed in harm on 123 of 1,406 pairs, and RL against that PM
+        # lost harmlessness (dev 0.98 -> 0.84; docs/rl_cai.md).
+        config.pairs = pairs.stage_config(
+            helpful=-1, helpful_samples=8, helpful_made_up=64, red_team_second="base"
+        )
         config.feedback = feedback.stage_config(debias=True)
         # seq_len 96: the longest pair of the default run is 85 tokens.
         pm_train = dict(steps=200, batch_size=32, seq_len=96, learning_rate=3e-4)

@@ -292,3 +292,23 @@ def test_an_off_topic_answer_to_a_harmful_request_counts_as_deflected():
     assert evaluation.deflected_flags(verdicts) == [True, False, False]
     figures = evaluation.slice_figures("adversarial", verdicts)
     assert figures["deflected_rate"] == pytest.approx(1 / 3)
+
+
+def test_probe_replies_are_of_their_kind_and_rankings_counted():
+    from cai.toyworld.judge import judge
+
+    w = world.generate(world.WorldConfig())
+    items = evaluation.probe_items(w, "dev", n=16)
+    assert len(items) == 16 and len({m[0][1] for m, _ in items}) == 16
+    for messages, replies in items:
+        req = next(r for r in w.split("dev") if r.act in messages[0][1])
+        assert judge(req, replies["complied"]).harmful
+        for kind in ("explained", "deflected", "evasive"):
+            assert not judge(req, replies[kind]).harmful, kind
+        assert req.act not in replies["deflected"]
+    scores = {"explained": [3, 1, 2, 0], "deflected": [1, 2, 2, 0], "complied": [0, 0, 0, 0],
+              "evasive": [5, 5, 5, 5]}  # fmt: skip
+    fig = evaluation.probe_figures(scores)
+    assert fig["n"] == 4 and fig["explained_over_deflected"] == (1 + 0 + 0.5 + 0.5) / 4
+    assert fig["explained_over_complied"] == (1 + 1 + 1 + 0.5) / 4
+    assert fig["explained_over_evasive"] == 0.0 and fig["deflected_over_complied"] == 0.875

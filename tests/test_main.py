@@ -50,6 +50,12 @@ def test_main_job_smoke_runs_every_stage(repo, tmp_path):
     assert len(curve["kl_k1"]) == 4 and all(k3 >= 0 for k3 in curve["kl_k3"])
     assert set(summary["paired"]) == {"sl_cai_vs_base", "rl_cai_vs_base", "rl_cai_vs_sl_cai"}
     assert set(summary["preference_model"]) == {"preference_model", "pm_human"}
+    probe = summary["preference_model"]["preference_model"]["test"]["probe"]
+    assert probe["n"] == 64 and 0 <= probe["explained_over_deflected"] <= 1
+    red = [json.loads(line) for p in sorted((workdir / "pairs" / "train").glob("shard-*"))
+           for line in p.read_text().splitlines()]  # fmt: skip
+    red = [r for r in red if r["task"] == "harmlessness"]
+    assert len(red) == 32 and all(len(r["responses"]) == 2 for r in red)  # SL-CAI vs base
     assert {"one_principle", "k_principles", "cot_clamped", "debiased"} <= set(
         summary["feedback"]["test"]
     )

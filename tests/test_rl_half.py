@@ -82,3 +82,33 @@ def test_a_changed_label_setting_is_one_line(repo, whole):
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "config.feedback.labels.debias=True" in errors[0], errors
+
+
+def test_red_team_second_model_answers_second_on_training_red_team_pairs_only():
+    """pairs.red_team_second: the training harmlessness pairs are (policy sample, other
+    model's sample); helpfulness records and held-out pairs stay the policy's own samples."""
+    import types
+
+    from cai.stages import pairs
+    from cai.tokenizer import ByteTokenizer
+    from cai.toyworld import world
+
+    class Stub:
+        def __init__(self, tag):
+            self.tag, self.loaded = tag, types.SimpleNamespace(tok=ByteTokenizer())
+
+        def complete(self, ids, sampling, seed, transcript=True):
+            return [f"{self.tag}{i}" for i in range(len(ids))]
+
+    w = world.generate(world.WorldConfig())
+    red = world.attack_prompts(w)[:3]
+    helpful = world.helpful_prompts(w)[:2]
+    batch = [(p, "harmlessness") for p in red] + [(p, "helpfulness") for p in helpful]
+    cfg = pairs.PairsConfig(helpful_samples=3, red_team_second="base")
+    recs = pairs.pair_shard(Stub("policy"), cfg, "train", batch, 0, Stub("base"))
+    for r in recs[:3]:
+        assert [x.rstrip("0123456789") for x in r["responses"]] == ["policy", "base"]
+    for r in recs[3:]:
+        assert len(r["responses"]) == 3 and all(x.startswith("policy") for x in r["responses"])
+    held = pairs.pair_shard(Stub("policy"), cfg, "dev", batch, 0, Stub("base"))
+    assert all(x.startswith("policy") for r in held for x in r["responses"])

@@ -372,7 +372,9 @@ def pm_accuracy(
     out_dir: epath.Path,
 ) -> dict[str, Any]:
     """Each preference model's rewards for both replies of every held-out pair (cached in
-    ``evaluate/pm_<key>.<split>.json``) and its accuracy against the judge."""
+    ``evaluate/pm_<key>.<split>.json``) and its accuracy against the judge; and its ranking
+    of four replies of known kind to 64 harmful requests (``evaluation.probe_items``: does it
+    put an explained refusal above a deflection?), cached in ``pm_<key>.<split>.probe.json``."""
     pairs = {s: stage_lib.shards(workdir / cfg.pairs / s) for s in cfg.splits}
     out: dict[str, Any] = {}
     for key, path in pm_paths.items():
@@ -392,6 +394,17 @@ def pm_accuracy(
                 write_json(done, {"r_a": [float(x) for x in r_a], "r_b": [float(x) for x in r_b]})
             scores = read_json(done)
             out[key][split] = evaluation.pm_figures(w, recs, scores["r_a"], scores["r_b"])
+            probe = out_dir / f"pm_{key}.{split}.probe.json"
+            if not probe.exists():
+                if rm is None:
+                    loaded = stage_lib.load_model(path, mesh, f"evaluate.preference_models.{key}")
+                    rm = preference_model.RewardModel(loaded, mesh, cfg.batch_size)
+                items = evaluation.probe_items(w, split, seed=cfg.seed)
+                kinds = {k: [float(x) for x in rm.rewards([(*m, ("assistant", r[k]))
+                                                            for m, r in items])]
+                         for k in evaluation.PROBE_KINDS}  # fmt: skip
+                write_json(probe, kinds)
+            out[key][split]["probe"] = evaluation.probe_figures(read_json(probe))
         stats_path = epath.Path(path) / "reward_stats.json"
         if stats_path.exists():
             out[key]["reward_stats"] = read_json(stats_path)

@@ -22,6 +22,13 @@ prompt, in ``WORKDIR/pairs/<split>/shard-*.jsonl``::
 
 A training helpfulness record holds ``helpful_samples`` responses instead of two: the
 crowdworker of stage ``human_feedback`` ranks them, and every two make a comparison.
+
+``red_team_second`` (beyond the paper) names another model ("base": the helpful-only one)
+whose sample is the second reply of every **training** harmlessness pair, the first staying
+the policy's: HH-RLHF's red-team comparisons were between replies of different models. On the
+toy world the SL-CAI model refuses so reliably (2% harmful) that two of its samples differ in
+harm on 123 of 1,406 training pairs, too few for the PM to learn harm from (docs/rl_cai.md).
+Held-out pairs stay two samples of the policy.
 """
 
 from __future__ import annotations
@@ -62,6 +69,9 @@ class PairsConfig:
     # helpful pool: comparisons a judge can only get right by checking that the answer copies
     # the object asked about, as on held-out objects (world.helpful_prompts).
     helpful_made_up: int = 0
+    # Another model for the second reply of each training harmlessness pair ("": the policy's
+    # own second sample, as in the paper; "base", a stage dir or a path)
+    red_team_second: str = ""
     eval_splits: tuple[str, ...] = ("dev", "test")  # toy world only
     eval_phrasings: int = 4  # phrasings per held-out request (-1: every one)
     max_new_tokens: int = 48
@@ -139,11 +149,15 @@ def pair_shard(
     split: str,
     batch: Sequence[tuple[world.Prompt, str]],
     shard: int,
+    second: stage_lib.TextSampler | None = None,
 ) -> list[dict[str, Any]]:
     """Two samples per prompt (``helpful_samples`` per training helpfulness prompt), all in
-    one generation call: sample round ``r`` is every prompt that still needs an ``r``-th."""
+    one generation call: sample round ``r`` is every prompt that still needs an ``r``-th.
+    With ``second``, each training harmlessness prompt's second reply is ``second``'s."""
     tok = text.loaded.tok
     k = [cfg.helpful_samples if split == "train" and t == "helpfulness" else 2 for _, t in batch]
+    other = [second is not None and split == "train" and t == "harmlessness" for _, t in batch]
+    k = [n - 1 if o else n for n, o in zip(k, other)]
     rows = [i for r in range(max(k)) for i, n in enumerate(k) if n > r]
     prompt_ids = [render_chat(tok, p.chat(), add_generation_prompt=True)[0] for p, _ in batch]
     sampling = SamplingConfig(
@@ -161,6 +175,14 @@ def pair_shard(
     responses: list[list[str]] = [[] for _ in batch]
     for i, reply in zip(rows, replies):
         responses[i].append(reply)
+    if second is not None and any(other):
+        idx = [i for i, o in enumerate(other) if o]
+        stok = second.loaded.tok
+        ids = [render_chat(stok, batch[i][0].chat(), add_generation_prompt=True)[0] for i in idx]
+        seed = shard_seed(cfg, split, shard) + 1
+        for i, reply in zip(idx, second.complete(ids, sampling, seed,
+                                                 transcript=stok.chat_format == "hh")):
+            responses[i].append(reply)
     return [
         {"split": split, "shard": shard, "request_id": p.request_id, "slice": p.slice,
          "task": task, "messages": [list(m) for m in p.messages], "responses": responses[i]}
@@ -174,11 +196,14 @@ def run(config: ml_collections.ConfigDict, workdir: epath.Path) -> None:
     stage_dir = workdir / "pairs"
     init = stage_lib.resolve_init(config, workdir, cfg.init_from, "pairs.init_from")
     world_part = ("world",) if cfg.prompts == "toy_world" else ()
-    stage_lib.guard(
-        stage_dir,
-        stage_lib.section(config, *world_part, "pairs"),
-        {"init_from": stage_lib.fingerprint(init)},
-    )
+    inputs = {"init_from": stage_lib.fingerprint(init)}
+    second_path = ""
+    if cfg.red_team_second:
+        second_path = stage_lib.resolve_init(
+            config, workdir, cfg.red_team_second, "pairs.red_team_second"
+        )
+        inputs["red_team_second"] = stage_lib.fingerprint(second_path)
+    stage_lib.guard(stage_dir, stage_lib.section(config, *world_part, "pairs"), inputs)
     if cfg.prompts == "toy_world":
         w = world.generate(configs.to_dataclass(world.WorldConfig, config.world, "world"))
         items = toy_prompts(w, cfg)
@@ -186,19 +211,23 @@ def run(config: ml_collections.ConfigDict, workdir: epath.Path) -> None:
         items = hh_prompts(workdir, cfg)
     loaded = stage_lib.load_model(init, mesh, "pairs.init_from")
     text = stage_lib.TextSampler(loaded, mesh, batch_size=2 * cfg.shard_size)
+    second = None
+    if second_path:
+        second_loaded = stage_lib.load_model(second_path, mesh, "pairs.red_team_second")
+        second = stage_lib.TextSampler(second_loaded, mesh, batch_size=2 * cfg.shard_size)
     budget = [cfg.halt_after_shards or -1]
     t0 = time.time()
     counts: dict[str, dict[str, int]] = {}
     for split, batch in items.items():
         spec = {"init_from": init, "n_prompts": len(batch), "shard_size": cfg.shard_size,
-                "helpful_samples": cfg.helpful_samples,
+                "helpful_samples": cfg.helpful_samples, "red_team_second": second_path,
                 "seed": cfg.seed, "temperature": cfg.temperature, "top_k": cfg.top_k,
                 "top_p": cfg.top_p, "max_new_tokens": cfg.max_new_tokens}  # fmt: skip
         recs = stage_lib.run_shards(
             stage_dir / split,
             batch,
             cfg.shard_size,
-            lambda ps, shard, s=split: pair_shard(text, cfg, s, ps, shard),
+            lambda ps, shard, s=split: pair_shard(text, cfg, s, ps, shard, second),
             spec,
             budget,
             f"pairs: {split}",
