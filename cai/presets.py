@@ -78,7 +78,11 @@ def with_rl_half(config: ml_collections.ConfigDict, smoke: bool = False) -> None
     # from 0.86 (one principle, the paper's form) to 0.92 (docs/ai_feedback.md).
     if smoke:
         config.pairs = pairs.stage_config(
-            red_team=32, helpful=32, eval_phrasings=1, max_new_tokens=8, shard_size=16,
+            red_team=32,
+            helpful=32,
+            eval_phrasings=1,
+            max_new_tokens=8,
+            shard_size=16,
             red_team_second="base",
         )
         config.feedback = feedback.stage_config(cot_tokens=8, debias=True)

@@ -180,8 +180,9 @@ def pair_shard(
         stok = second.loaded.tok
         ids = [render_chat(stok, batch[i][0].chat(), add_generation_prompt=True)[0] for i in idx]
         seed = shard_seed(cfg, split, shard) + 1
-        for i, reply in zip(idx, second.complete(ids, sampling, seed,
-                                                 transcript=stok.chat_format == "hh")):
+        for i, reply in zip(
+            idx, second.complete(ids, sampling, seed, transcript=stok.chat_format == "hh")
+        ):
             responses[i].append(reply)
     return [
         {"split": split, "shard": shard, "request_id": p.request_id, "slice": p.slice,
