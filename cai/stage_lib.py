@@ -306,6 +306,23 @@ def read_comparisons(
     return comparisons, fingerprints
 
 
+def hh_rlhf_train_prompts(
+    workdir: epath.Path, hh_rlhf_dir: str, as_train: Sequence[str] = ()
+) -> tuple[list[Any], list[Any]]:
+    """(red-team, helpful) first human turns of the HH-RLHF release's **train** split as
+    one-turn ``world.Prompt`` conversations (slices ``red_team`` and ``helpful``), the prompts
+    the CAI stages sample from on a real model; ``as_train`` names files of a copy whose names
+    say test (the vendored sample, in tests)."""
+    from cai.data.hh_rlhf import hh_rlhf
+    from cai.toyworld.world import Prompt
+
+    red, helpful = hh_rlhf.cai_prompts(
+        str(workdir / "data"), hh_rlhf_dir, split="train", as_train=as_train
+    )
+    return ([Prompt((("user", t),), "", "red_team") for t in red],
+            [Prompt((("user", t),), "", "helpful") for t in helpful])  # fmt: skip
+
+
 # ----------------------------------------------------------------------------- the guard
 
 

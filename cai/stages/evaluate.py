@@ -116,6 +116,32 @@ def pipeline_order(checkpoints: dict[str, str], stages: Sequence[str]) -> list[s
     return sorted(checkpoints, key=lambda k: (rank.get(checkpoints[k], len(stages)), k))
 
 
+def model_paths(
+    config: ml_collections.ConfigDict, workdir: epath.Path, cfg: EvalConfig
+) -> tuple[dict[str, str], dict[str, str]]:
+    """(checkpoint key -> path in pipeline order, preference-model key -> path)."""
+    paths = {
+        key: stage_lib.resolve_init(
+            config, workdir, cfg.checkpoints[key], f"evaluate.checkpoints.{key}"
+        )
+        for key in pipeline_order(cfg.checkpoints, configs.stages_of(config))
+    }
+    pm_paths = {
+        key: stage_lib.resolve_init(config, workdir, name, f"evaluate.preference_models.{key}")
+        for key, name in cfg.preference_models.items()
+    }
+    return paths, pm_paths
+
+
+def compared(keys: Sequence[str]) -> list[tuple[str, str]]:
+    """The paired comparisons: every later model against the first (base), and RL-CAI against
+    SL-CAI, the step the RL stage itself takes."""
+    pairs = [(keys[0], k) for k in keys[1:]]
+    if "sl_cai" in keys and "rl_cai" in keys:
+        pairs.append(("sl_cai", "rl_cai"))
+    return pairs
+
+
 def revision_curves(w: world.World, stage_dir: epath.Path, workdir: epath.Path) -> None:
     curves = {}
     for name, variant in (("revisions", "critique"), ("revisions_direct", "direct")):
@@ -134,16 +160,7 @@ def run(config: ml_collections.ConfigDict, workdir: epath.Path) -> None:
     w = world.generate(configs.to_dataclass(world.WorldConfig, config.world, "world"))
     mesh = sharding.make_mesh(configs.to_dataclass(sharding.MeshConfig, config.mesh, "mesh"))
     out_dir = workdir / "evaluate"
-    paths = {
-        key: stage_lib.resolve_init(
-            config, workdir, cfg.checkpoints[key], f"evaluate.checkpoints.{key}"
-        )
-        for key in pipeline_order(cfg.checkpoints, configs.stages_of(config))
-    }
-    pm_paths = {
-        key: stage_lib.resolve_init(config, workdir, name, f"evaluate.preference_models.{key}")
-        for key, name in cfg.preference_models.items()
-    }
+    paths, pm_paths = model_paths(config, workdir, cfg)
     stage_lib.guard(
         out_dir,
         stage_lib.section(config, "world", "evaluate"),
@@ -174,18 +191,13 @@ def run(config: ml_collections.ConfigDict, workdir: epath.Path) -> None:
         update_summary(workdir, key, summary)
     keys = list(paths)
     if len(keys) > 1:
-        # every later model against the first (base), and RL-CAI against SL-CAI: the step
-        # the RL stage itself takes
-        pairs = [(keys[0], k) for k in keys[1:]]
-        if "sl_cai" in keys and "rl_cai" in keys:
-            pairs.append(("sl_cai", "rl_cai"))
         update_summary(
             workdir,
             "paired",
             {
                 f"{b}_vs_{a}": {s: evaluation.paired(records[a][s], records[b][s])
                                 for s in cfg.splits}
-                for a, b in pairs
+                for a, b in compared(keys)
             },
         )  # fmt: skip
     if cfg.revisions:
@@ -228,17 +240,8 @@ def run_hh_rlhf(config: ml_collections.ConfigDict, workdir: epath.Path, cfg: Eva
     """Evaluation without ground truth: replies to HH-RLHF test prompts, scored by a PM."""
     mesh = sharding.make_mesh(configs.to_dataclass(sharding.MeshConfig, config.mesh, "mesh"))
     out_dir = workdir / "evaluate"
-    paths = {
-        key: stage_lib.resolve_init(
-            config, workdir, cfg.checkpoints[key], f"evaluate.checkpoints.{key}"
-        )
-        for key in pipeline_order(cfg.checkpoints, configs.stages_of(config))
-    }
+    paths, pm_paths = model_paths(config, workdir, cfg)
     judge_path = stage_lib.resolve_init(config, workdir, cfg.judge_pm, "evaluate.judge_pm")
-    pm_paths = {
-        key: stage_lib.resolve_init(config, workdir, name, f"evaluate.preference_models.{key}")
-        for key, name in cfg.preference_models.items()
-    }
     stage_lib.guard(
         out_dir,
         stage_lib.section(config, "evaluate"),
@@ -274,12 +277,9 @@ def run_hh_rlhf(config: ml_collections.ConfigDict, workdir: epath.Path, cfg: Eva
         update_summary(workdir, key, {"test": figures})
     keys = list(paths)
     if len(keys) > 1:
-        pairs = [(keys[0], k) for k in keys[1:]]
-        if "sl_cai" in keys and "rl_cai" in keys:
-            pairs.append(("sl_cai", "rl_cai"))
         update_summary(workdir, "paired", {
             f"{b}_vs_{a}": {"test": evaluation.pm_paired(records[a], records[b])}
-            for a, b in pairs
+            for a, b in compared(keys)
         })  # fmt: skip
     if cfg.hhh_dir or cfg.hh_rlhf_dir:
         hhh_eval(config, workdir, cfg, mesh, pm_paths)

@@ -126,14 +126,9 @@ def toy_prompts(w: world.World, cfg: PairsConfig) -> dict[str, list[tuple[world.
 
 def hh_prompts(workdir: epath.Path, cfg: PairsConfig) -> dict[str, list[tuple[world.Prompt, str]]]:
     """First human turns of the HH-RLHF release's **train** split: red-team and helpful."""
-    from cai.data.hh_rlhf import hh_rlhf
-
-    red, helpful = hh_rlhf.cai_prompts(
-        str(workdir / "data"), cfg.hh_rlhf_dir, split="train", as_train=cfg.hh_rlhf_as_train
-    )
-    as_prompt = lambda t, s: world.Prompt((("user", t),), "", s)  # noqa: E731
-    red_p = stage_lib.take([as_prompt(t, "red_team") for t in red], cfg.red_team, cfg.seed)
-    help_p = stage_lib.take([as_prompt(t, "helpful") for t in helpful], cfg.helpful, cfg.seed + 1)
+    red, helpful = stage_lib.hh_rlhf_train_prompts(workdir, cfg.hh_rlhf_dir, cfg.hh_rlhf_as_train)
+    red_p = stage_lib.take(red, cfg.red_team, cfg.seed)
+    help_p = stage_lib.take(helpful, cfg.helpful, cfg.seed + 1)
     return {"train": [(p, "harmlessness") for p in red_p] + [(p, "helpfulness") for p in help_p]}
 
 

@@ -190,17 +190,11 @@ def toy_prompts(w: world.World, made_up: int = 0) -> tuple[list[world.Prompt], l
 def hh_rlhf_prompts(
     workdir: epath.Path, cfg: RLConfig
 ) -> tuple[list[world.Prompt], list[world.Prompt]]:
-    """(red-team, helpful) first human turns of the HH-RLHF release's **train** split, as
-    SL-CAI and stage ``pairs`` read them; the helpful pool falls back to the red-team one when
-    the release copy holds no helpful file of that split."""
-    from cai.data.hh_rlhf import hh_rlhf
-
-    red, helpful = hh_rlhf.cai_prompts(
-        str(workdir / "data"), cfg.hh_rlhf_dir, split="train", as_train=cfg.hh_rlhf_as_train
-    )
-    as_prompt = lambda t, s: world.Prompt((("user", t),), "", s)  # noqa: E731
-    red_p = [as_prompt(t, "red_team") for t in red]
-    return red_p, [as_prompt(t, "helpful") for t in helpful] or red_p
+    """(red-team, helpful) prompts of the HH-RLHF release's **train** split, as SL-CAI and
+    stage ``pairs`` read them; the helpful pool falls back to the red-team one when the
+    release copy holds no helpful file of that split."""
+    red, helpful = stage_lib.hh_rlhf_train_prompts(workdir, cfg.hh_rlhf_dir, cfg.hh_rlhf_as_train)
+    return red, helpful or red
 
 
 def draw_prompts(

@@ -184,19 +184,14 @@ def answer_shard(gen: Generator, batch: Sequence[world.Prompt], shard: int) -> l
 def hh_rlhf_prompts(workdir: epath.Path, cfg: LoopConfig) -> tuple[list, list]:
     """Red-team and helpful prompts (first human turns) of the HH-RLHF release's **train**
     split, from the ``hh_rlhf`` TFDS builder; files named ``test`` are never read here."""
-    from cai.data.hh_rlhf import hh_rlhf
-
-    red, helpful = hh_rlhf.cai_prompts(
-        str(workdir / "data"), cfg.hh_rlhf_dir, split="train", as_train=cfg.hh_rlhf_as_train
-    )
+    red, helpful = stage_lib.hh_rlhf_train_prompts(workdir, cfg.hh_rlhf_dir, cfg.hh_rlhf_as_train)
     if cfg.helpful and not helpful:
         raise ConfigError(
             f"sl_cai.loop.hh_rlhf_dir={cfg.hh_rlhf_dir}: no helpful* comparison file of the train "
             "split for the helpful half of the SFT mix (set sl_cai.loop.helpful=0 to train "
             "without it)"
         )
-    as_prompt = lambda text, kind: world.Prompt((("user", text),), "", kind)  # noqa: E731
-    return [as_prompt(t, "red_team") for t in red], [as_prompt(t, "helpful") for t in helpful]
+    return red, helpful
 
 
 # ----------------------------------------------------------------------------- the stage
