@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import sys
 
 import jax
 import ml_collections
@@ -91,7 +92,10 @@ def run(config, workdir_flag: str, compile_only: bool = False) -> None:
         return
     workdir = check_workdir(workdir_flag)
     logging.info("workdir %s, %d devices, stages %s", workdir, jax.device_count(), stages)
-    for stage in stages:
+    for i, stage in enumerate(stages, 1):
+        # One line per stage on stderr, beside the progress bars: where a run is (and where a
+        # killed one was); tests/test_faults.py times its kills by it.
+        print(f"[{i}/{len(stages)}] {stage}", file=sys.stderr, flush=True)
         try:
             STAGES[stage](config, workdir)
         except Halted as e:

@@ -3,10 +3,12 @@ it on one line), non-finite losses (the step is skipped; too many in a row stop 
 finite checkpoints) and failed writes (a full disk while writing a shard, summary.json or a
 checkpoint leaves every earlier output intact and stops with one line naming the file).
 
-The kill-at-random-moments suite over the whole pipeline is not here yet (issue 16)."""
+And kills: the main job's smoke pipeline SIGKILLed at seeded random moments in every stage,
+rerun each time, ends with the outputs and parameters of an uninterrupted run."""
 
 import dataclasses
 import errno
+import json
 import logging
 import os
 import shutil
@@ -22,7 +24,7 @@ import pytest
 from etils import epath
 from ml_collections import ConfigDict
 
-from cai import convert, pretrained, sharding, stage_lib, train_lib
+from cai import configs, convert, pretrained, sharding, stage_lib, train_lib
 from cai.checkpoint import Checkpointer
 from cai.data.stream import PackedStream
 from cai.errors import CheckpointError, NonFiniteError, WriteError
@@ -350,3 +352,128 @@ def test_full_disk_during_convert_is_one_line(tmp_path):
         f"error: could not write {out}/checkpoints/0: No space left on device "
         "(earlier outputs are intact; a rerun resumes)\n"
     )
+
+
+# ----------------------------------------------------------------------------- kills
+
+KILLS, KILL_SEED = 11, 0  # planned; at least 10 must land (one may come after its run ended)
+# Written again by every run with its own timings, or named after the moment: not outputs.
+NOT_COMPARED = {"tb", "metrics.jsonl", "checkpoints", "curve"}
+
+
+def kill_plan(stages, durations, n, seed):
+    """``n`` (stage, seconds after it starts) kills in pipeline order: one in every stage and
+    the rest in stages drawn in proportion to their length; each moment uniform over the
+    first 90% of the stage's uninterrupted duration (a resumed stage has less left to do; a
+    kill whose moment comes after its stage ended lands as the next stage starts), or of the
+    first half for the last stage (its rerun, which compiles nothing the first run did not,
+    can end before a later moment, and nothing after it can be killed)."""
+    rng = np.random.default_rng(seed)
+    weights = np.array([durations[s] for s in stages])
+    extra = rng.choice(len(stages), size=n - len(stages), p=weights / weights.sum())
+    picks = list(range(len(stages))) + list(extra)
+    span = {s: (0.5 if s == stages[-1] else 0.9) * durations[s] for s in stages}
+    plan = [(stages[i], float(rng.uniform(0, span[stages[i]]))) for i in picks]
+    return sorted(plan, key=lambda p: (stages.index(p[0]), p[1]))
+
+
+def without_seconds(tree):
+    """``tree`` less every key that holds a wall-clock time (they differ from run to run)."""
+    if isinstance(tree, dict):
+        return {k: without_seconds(v) for k, v in tree.items() if "seconds" not in k}
+    return tree
+
+
+def outputs(workdir):
+    """{relative path: text with the workdir's path as W} of every file a run wrote, less
+    checkpoints (compared as arrays), TensorBoard events and metrics logs."""
+    out = {}
+    for root, dirs, files in os.walk(workdir):
+        dirs[:] = sorted(d for d in dirs if d not in NOT_COMPARED)
+        for name in files:
+            if name in NOT_COMPARED:
+                continue
+            path = os.path.join(root, name)
+            text = open(path, encoding="utf-8", errors="replace").read()
+            out[os.path.relpath(path, workdir)] = text.replace(os.fspath(workdir), "W")
+    return out
+
+
+def checkpoint_items(workdir):
+    """{"<stage>/checkpoints/<latest step>/<item>": path} for every stage's checkpoints, and
+    every step of RL's curve (evaluate reads each)."""
+    found = {}
+    for root, dirs, _ in os.walk(workdir):
+        kind = os.path.basename(root)
+        if kind not in ("checkpoints", "curve"):
+            continue
+        steps = sorted(int(d) for d in dirs if d.isdigit())
+        dirs[:] = []
+        for step in steps if kind == "curve" else steps[-1:]:
+            step_dir = os.path.join(root, str(step))
+            for item in sorted(os.listdir(step_dir)):
+                if item != "metadata" and os.path.isdir(os.path.join(step_dir, item)):
+                    found[os.path.relpath(os.path.join(step_dir, item), workdir)] = os.path.join(
+                        step_dir, item
+                    )
+    return found
+
+
+def restore_arrays(path):
+    import orbax.checkpoint as ocp
+
+    with ocp.PyTreeCheckpointer() as c:
+        tree = c.metadata(path).item_metadata.tree
+        args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+        return c.restore(path, restore_args=args)
+
+
+@pytest.mark.slow
+def test_kills_at_random_moments_in_every_stage_end_as_an_uninterrupted_run(
+    repo, tmp_path, main_smoke
+):
+    """The main job's smoke pipeline SIGKILLed at KILLS seeded moments spread over every
+    stage of its config (the stage list comes from the config, so a new stage joins by being
+    in the pipeline), rerun after each kill, then to the end: its summary.json (less
+    wall-clock times), every shard and JSON file, and the parameters and optimizer state of
+    every stage's last checkpoint (and of every RL curve step) equal the uninterrupted run's
+    (``main_smoke``, from conftest.py)."""
+    import watched
+    from test_main import load_experiment
+
+    reference, straight = main_smoke
+    stages = list(configs.stages_of(load_experiment(repo, "rlcai").get_config("smoke")))
+    assert [s for s, _ in straight.starts] == stages
+    plan = kill_plan(stages, straight.durations(), KILLS, KILL_SEED)
+    workdir = tmp_path / "runs" / "rlcai"
+    argv = [f"--config={repo}/experiments/rlcai.py:smoke", f"--workdir={workdir}"]
+    kills = []
+    for stage, after in plan:
+        run = watched.run(argv, kill_in=stage, kill_after=after, timeout=600)
+        if run.killed_at is None:  # the run ended before the moment came
+            assert run.returncode == 0, run.stderr[-3000:]
+            continue
+        assert run.returncode == -9, run.stderr[-3000:]
+        kills.append((run.killed_in, round(run.killed_at - dict(run.starts)[run.killed_in], 2)))
+    final = watched.run(argv, timeout=600)
+    assert final.returncode == 0, final.stderr[-3000:]
+    rounded = lambda d: {k: round(v, 1) for k, v in d.items()}  # noqa: E731
+    print(f"stage seconds, uninterrupted {rounded(straight.durations())}, "
+          f"last rerun {rounded(final.durations())}")  # fmt: skip
+    print(f"{len(kills)} kills (stage, seconds into it): {kills}")
+    assert len(kills) >= KILLS - 1 and {s for s, _ in kills} == set(stages), kills
+
+    read = lambda w: without_seconds(json.loads((w / "summary.json").read_text()))  # noqa: E731
+    assert read(workdir) == read(reference)
+    got, want = outputs(workdir), outputs(reference)
+    assert sorted(want) == sorted(set(got) & set(want)), "files missing after the kills"
+    for name, text in want.items():
+        if name != "summary.json":
+            assert got[name] == text, f"{name} differs from the uninterrupted run's"
+    got, want = checkpoint_items(workdir), checkpoint_items(reference)
+    assert sorted(got) == sorted(want)
+    for name, path in want.items():
+        a, b = restore_arrays(path), restore_arrays(got[name])
+        assert jax.tree.structure(a) == jax.tree.structure(b), name
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+            np.testing.assert_array_equal(x, y, err_msg=name)

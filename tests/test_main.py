@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 
@@ -25,14 +26,14 @@ def cli(*args, cwd=None):
     )
 
 
-def test_main_job_smoke_runs_every_stage(repo, tmp_path):
+def test_main_job_smoke_runs_every_stage(repo, tmp_path, main_smoke):
     """The main job's smoke variant from the shipped base model: SL-CAI, pairs, AI and
     "human" feedback, both preference models, RL-CAI and evaluation, into a workdir whose
-    parents do not exist yet; the console holds progress bars and the tables, not library log
-    lines."""
-    workdir = tmp_path / "runs" / "rlcai"
-    proc = cli("cai.main", f"--config={repo}/experiments/rlcai.py:smoke", f"--workdir={workdir}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    parents do not exist yet; the console holds progress bars, one line per stage and the
+    tables, not library log lines."""
+    workdir, proc = main_smoke  # run by conftest.py, shared with tests/test_faults.py
+    stages = list(configs.stages_of(load_experiment(repo, "rlcai").get_config("smoke")))
+    assert [s for s, _ in proc.starts] == stages
     summary = json.loads((workdir / "summary.json").read_text())
     assert {"sl_cai_stage", "base", "sl_cai", "paired", "revision_curves", "pairs_stage",
             "feedback_stage", "human_feedback_stage", "preference_model_stage", "pm_human_stage",
@@ -70,6 +71,8 @@ def test_main_job_smoke_runs_every_stage(repo, tmp_path):
     from cai import sharding
     from cai.stages import evaluate
 
+    workdir = tmp_path / "hhh"  # a copy: the shared workdir stays as the run left it
+    shutil.copytree(main_smoke[0], workdir)
     config = load_experiment(repo, "rlcai").get_config("smoke")
     config.evaluate.update(hhh_models={"base": "base"}, hhh_dir=f"{repo}/tests/data/hhh_alignment",
                            hh_rlhf_dir=f"{repo}/tests/data/hh_rlhf", hh_rlhf_n=8)  # fmt: skip

@@ -16,7 +16,7 @@ from tiny_models import random_params
 from cai import configs, pretrained, sharding, stage_lib, train_lib
 from cai import preference_model as pm
 from cai.checkpoint import Checkpointer
-from cai.errors import ConfigError, Halted
+from cai.errors import ConfigError, Halted, NonFiniteError
 from cai.files import write_json
 from cai.model import ModelConfig, Transformer
 from cai.stages import rl_cai
@@ -74,6 +74,30 @@ def test_ppo_raises_a_synthetic_reward_with_the_kl_bounded():
     assert all(0 <= r["kl_k1"] < 10.0 and r["kl_k3"] >= 0 for r in rows), trace
     assert rows[0]["kl_k1"] == pytest.approx(0.0, abs=1e-5)  # the first rollout is the reference's
     assert all(r["policy/skipped"] == 0 for r in rows)
+
+
+def test_nan_rewards_skip_every_update_and_stop_ppo_with_the_parameters_unchanged(caplog):
+    """A NaN reward makes every advantage NaN, so each policy and value update of the
+    iteration is skipped inside the jitted step; ``max_skipped_steps`` in a row stop it."""
+    mesh = sharding.single_device_mesh()
+
+    def nan_reward(convs, texts):
+        return {"score": np.full(len(texts), np.nan, np.float32)}
+
+    cfg = small_cfg(max_skipped_steps=3)
+    trainer = rl_cai.PPOTrainer(
+        cfg, OPTIM, OPTIM, mesh, loaded(mesh), None, nan_reward, rl_cai.Scores(0.0, 1.0)
+    )
+    before = jax.device_get(trainer.policy_state.params)
+    with (
+        caplog.at_level(logging.WARNING),
+        pytest.raises(NonFiniteError, match="3 updates in a row"),
+    ):
+        trainer.iteration(0, CONVS)
+    assert "non-finite loss or gradient norm; skipped (2 in a row)" in caplog.text
+    after = jax.device_get(trainer.policy_state.params)
+    jax.tree.map(np.testing.assert_array_equal, before, after)
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(after))
 
 
 def test_rloo_raises_the_synthetic_reward_without_a_critic():
