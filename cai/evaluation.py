@@ -418,18 +418,22 @@ def pm_figures(
     w: world.World, records: Sequence[dict[str, Any]], r_a: np.ndarray, r_b: np.ndarray
 ) -> dict[str, Any]:
     """A preference model's pairwise accuracy per task on the pairs the judge tells apart (a
-    reward tie counts as half right), with Wilson intervals."""
+    reward tie counts as half right), with Wilson intervals. ``prompts`` counts the distinct
+    prompts those pairs come from: pairs of one prompt's several replies are not independent,
+    so the interval is narrower than a per-prompt one would be."""
     out: dict[str, Any] = {}
     for task in ("harmlessness", "helpfulness"):
-        right = []
+        right, prompts = [], set()
         for rec, a, b in zip(records, r_a, r_b):
             if rec["task"] != task:
                 continue
             t = pair_truth(w, rec)
             if t is not None:
                 right.append(0.5 if a == b else float((a > b) == (t == 0)))
+                prompts.add(json.dumps(rec["messages"]))
         ci = stats.wilson(int(round(sum(right))), len(right)) if right else None
-        out[task] = {"n": len(right), "accuracy": float(np.mean(right)) if right else None,
+        out[task] = {"n": len(right), "prompts": len(prompts),
+                     "accuracy": float(np.mean(right)) if right else None,
                      "accuracy_ci95": ci}  # fmt: skip
     return out
 
@@ -489,17 +493,17 @@ def feedback_table(summary: dict[str, Any], split: str = "test") -> str:
     pms = summary.get("preference_model", {})
     if pms:
         lines.append(f"Preference models, {split} pairs the judge tells apart: accuracy")
-        lines.append("model".ljust(22) + "harmlessness".rjust(18) + "helpfulness".rjust(18))
+        lines.append("model".ljust(22) + "harmlessness".rjust(24) + "helpfulness".rjust(24))
         for key, per in pms.items():
             cells = []
             for task in ("harmlessness", "helpfulness"):
                 f = per.get(split, {}).get(task, {})
                 if f.get("accuracy") is None:
-                    cells.append("-".rjust(18))
+                    cells.append("-".rjust(24))
                 else:
                     lo, hi = f["accuracy_ci95"]
                     text = f"{f['accuracy']:.2f} ±{(hi - lo) / 2:.2f} (n={f['n']})"
-                    cells.append(text.rjust(18))
+                    cells.append(text.rjust(24))
             lines.append(key.ljust(22) + "".join(cells))
     return "\n".join(lines)
 
@@ -590,12 +594,37 @@ def probe_items(
     return out
 
 
-def probe_figures(scores: dict[str, Sequence[float]]) -> dict[str, Any]:
+BENIGN_PROBE_KINDS = ("answered", "refused", "evasive")
+BENIGN_PROBE_ORDERS = (("answered", "refused"), ("answered", "evasive"))
+
+
+def benign_probe_items(
+    w: world.World, split: str = "dev", n: int = 64, seed: int = 0
+) -> list[tuple[Messages, dict[str, str]]]:
+    """Three replies to each of ``n`` benign ``split`` requests (dual-use ones included): the
+    corpus's answer, an explained refusal of a harmful training request (the over-refusal PPO
+    found: "kill the ants" answered "I won't help with hurting Clara ...") and an evasive
+    refusal. A PM that ranks either refusal first pays a policy for refusing benign requests."""
+    rng = random.Random(f"benign-probe/{split}/{seed}")
+    benign = [r for r in w.split(split) if not r.harmful]
+    harmful = [r for r in w.split("train") if r.harmful]
+    out = []
+    for req in rng.sample(benign, min(n, len(benign))):
+        messages = world.direct_prompt(req, rng.randrange(len(world.DIRECT)), "helpful").messages
+        out.append((messages, {"answered": corpus.compliant(req, rng),
+                               "refused": corpus.explained_refusal(rng.choice(harmful), rng),
+                               "evasive": corpus.evasive(rng)}))  # fmt: skip
+    return out
+
+
+def probe_figures(
+    scores: dict[str, Sequence[float]], orders: Sequence[tuple[str, str]] = PROBE_ORDERS
+) -> dict[str, Any]:
     """``scores``: kind -> one score per probe request (a PM's reward, or a feedback model's
-    log-odds of preferring it). For each ``PROBE_ORDERS`` pair, the share of requests whose
-    better reply scores higher (ties half), with its Wilson interval."""
-    out: dict[str, Any] = {"n": len(scores["explained"])}
-    for good, bad in PROBE_ORDERS:
+    log-odds of preferring it). For each ``orders`` pair, the share of requests whose better
+    reply scores higher (ties half), with its Wilson interval."""
+    out: dict[str, Any] = {"n": len(scores[orders[0][0]])}
+    for good, bad in orders:
         a, b = np.asarray(scores[good]), np.asarray(scores[bad])
         wins = (a > b) + 0.5 * (a == b)
         out[f"{good}_over_{bad}"] = float(wins.mean())

@@ -84,6 +84,8 @@ def with_rl_half(config: ml_collections.ConfigDict, smoke: bool = False) -> None
             max_new_tokens=8,
             shard_size=16,
             red_team_second="base",
+            eval_helpful_samples=3,
+            helpful_refused=0.5,
         )
         config.feedback = feedback.stage_config(cot_tokens=8, debias=True)
         config.feedback.update(batch_size=32, shard_size=32, compare_k=2)
@@ -95,12 +97,19 @@ def with_rl_half(config: ml_collections.ConfigDict, smoke: bool = False) -> None
         # Red-team pairs: an SL-CAI sample against a base-model one (pairs.red_team_second):
         # two SL-CAI samples differed in harm on 123 of 1,406 pairs, and RL against that PM
         # lost harmlessness (dev 0.98 -> 0.84; docs/rl_cai.md).
+        # A refusal of a benign request in a quarter of the helpful records
+        # (pairs.helpful_refused): PPO against a PM that had never seen one refused benign and
+        # dual-use requests ("kill the ants"), which was all of RL-CAI's helpfulness loss.
+        # Eight replies per held-out helpful prompt: two left the PM's helpfulness accuracy on
+        # 45 test pairs.
         config.pairs = pairs.stage_config(
-            helpful=-1, helpful_samples=8, helpful_made_up=64, red_team_second="base"
-        )
+            helpful=-1, helpful_samples=8, helpful_made_up=64, red_team_second="base",
+            helpful_refused=0.25, eval_helpful_samples=8,
+        )  # fmt: skip
         config.feedback = feedback.stage_config(debias=True)
-        # seq_len 96: the longest pair of the default run is 85 tokens.
-        pm_train = dict(steps=200, batch_size=32, seq_len=96, learning_rate=3e-4)
+        # seq_len 96: the longest pair of the default run is 85 tokens. Learning rate 1e-3
+        # (dev helpfulness accuracy 0.721 against 0.702 at 3e-4 on 1,894 pairs).
+        pm_train = dict(steps=200, batch_size=32, seq_len=96, learning_rate=1e-3)
     # Smoke: 8-token replies are never complete answers, so keep the indifferent labels.
     config.human_feedback = human_feedback.stage_config(
         tasks=("harmlessness", "helpfulness"), keep_ties=smoke

@@ -288,6 +288,20 @@ def shards(directory: epath.Path) -> list[dict[str, Any]]:
     return [r for p in paths for r in read_jsonl(p)]
 
 
+def reply_pairs(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every two distinct replies of a pairs record, as a record of its own with ``responses``
+    ``[a, b]`` (``a`` sampled first): a worker shown k replies ranks them, and a ranking of k
+    holds k(k-1)/2 comparisons (InstructGPT, arXiv 2203.02155). Two identical replies are no
+    comparison. Stage ``human_feedback`` labels these; ``evaluate`` measures PMs on them."""
+    replies = record["responses"]
+    return [
+        {**record, "responses": [a, b]}
+        for i, a in enumerate(replies)
+        for b in replies[i + 1 :]
+        if a != b
+    ]
+
+
 def read_comparisons(
     workdir: epath.Path, sources: Mapping[str, str], where: str
 ) -> tuple[dict[str, list[pm.Comparison]], dict[str, str]]:

@@ -272,6 +272,7 @@ def test_pair_truth_and_label_quality_against_the_judge():
     pm = evaluation.pm_figures(W, [*recs, helpful], [1.0, 1.0, 0.0, 0.0], [0.0, 0.5, 0.0, 3.0])
     assert pm["harmlessness"]["n"] == 2 and pm["harmlessness"]["accuracy"] == 0.5
     assert pm["helpfulness"]["n"] == 1 and pm["helpfulness"]["accuracy"] == 1.0
+    assert pm["harmlessness"]["prompts"] == 1  # both pairs told apart ask the same request
 
 
 def test_expected_calibration_error():
@@ -312,3 +313,21 @@ def test_probe_replies_are_of_their_kind_and_rankings_counted():
     assert fig["n"] == 4 and fig["explained_over_deflected"] == (1 + 0 + 0.5 + 0.5) / 4
     assert fig["explained_over_complied"] == (1 + 1 + 1 + 0.5) / 4
     assert fig["explained_over_evasive"] == 0.0 and fig["deflected_over_complied"] == 0.875
+
+
+def test_benign_probe_answers_helpfully_and_refuses_off_topic():
+    from cai.toyworld.judge import judge
+
+    w = world.generate(world.WorldConfig())
+    items = evaluation.benign_probe_items(w, "test", n=16)
+    assert len(items) == 16
+    for messages, replies in items:
+        req = next(r for r in w.split("test") if not r.harmful and r.act in messages[0][1])
+        assert judge(req, replies["answered"]).helpful
+        for kind in ("refused", "evasive"):
+            v = judge(req, replies[kind])
+            assert v.refused and not v.helpful, kind
+    fig = evaluation.probe_figures({"answered": [1, 0], "refused": [0, 1], "evasive": [1, 0]},
+                                   evaluation.BENIGN_PROBE_ORDERS)  # fmt: skip
+    assert fig["n"] == 2 and fig["answered_over_refused"] == 0.5
+    assert fig["answered_over_evasive"] == 0.5 and "explained_over_deflected" not in fig

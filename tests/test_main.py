@@ -53,10 +53,16 @@ def test_main_job_smoke_runs_every_stage(repo, tmp_path, main_smoke):
     assert set(summary["preference_model"]) == {"preference_model", "pm_human"}
     probe = summary["preference_model"]["preference_model"]["test"]["probe"]
     assert probe["n"] == 64 and 0 <= probe["explained_over_deflected"] <= 1
+    benign = summary["preference_model"]["pm_human"]["dev"]["benign_probe"]
+    assert benign["n"] == 64 and 0 <= benign["answered_over_refused"] <= 1
     red = [json.loads(line) for p in sorted((workdir / "pairs" / "train").glob("shard-*"))
            for line in p.read_text().splitlines()]  # fmt: skip
     red = [r for r in red if r["task"] == "harmlessness"]
     assert len(red) == 32 and all(len(r["responses"]) == 2 for r in red)  # SL-CAI vs base
+    held = [json.loads(line) for p in sorted((workdir / "pairs" / "test").glob("shard-*"))
+            for line in p.read_text().splitlines()]  # fmt: skip
+    assert {(r["task"], len(r["responses"])) for r in held} == {("harmlessness", 2),
+                                                                ("helpfulness", 3)}  # fmt: skip
     assert {"one_principle", "k_principles", "cot_clamped", "debiased"} <= set(
         summary["feedback"]["test"]
     )

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from cai.errors import ConfigError
 from cai.files import read_jsonl
 
 STAGES = "--config.stages=('pairs','feedback','human_feedback')"
@@ -112,3 +113,25 @@ def test_red_team_second_model_answers_second_on_training_red_team_pairs_only():
         assert len(r["responses"]) == 3 and all(x.startswith("policy") for x in r["responses"])
     held = pairs.pair_shard(Stub("policy"), cfg, "dev", batch, 0, Stub("base"))
     assert all(x.startswith("policy") for r in held for x in r["responses"])
+    assert [len(r["responses"]) for r in held] == [2, 2, 2, 2, 2]
+    cfg = pairs.PairsConfig(helpful_samples=3, eval_helpful_samples=4)
+    held = pairs.pair_shard(Stub("policy"), cfg, "test", batch, 0)
+    assert [len(r["responses"]) for r in held] == [2, 2, 2, 4, 4]
+    # helpful_refused: one more training reply, the policy's completion of the prefix
+    cfg = pairs.PairsConfig(helpful_samples=3, helpful_refused=1.0, refusal_prefix="No way")
+    recs = pairs.pair_shard(Stub("policy"), cfg, "train", batch, 0)
+    assert [len(r["responses"]) for r in recs] == [2, 2, 2, 4, 4]
+    assert [r["responses"][-1] for r in recs[3:]] == ["No way policy0", "No way policy1"]
+    held = pairs.pair_shard(Stub("policy"), cfg, "dev", batch, 0)
+    assert not any(x.startswith("No way") for r in held for x in r["responses"])
+    with pytest.raises(ConfigError, match="pairs.helpful_refused=1.5"):
+        pairs.PairsConfig(helpful_refused=1.5)
+
+
+def test_every_two_distinct_replies_are_a_pair():
+    from cai import stage_lib
+
+    rec = {"task": "helpfulness", "messages": [["user", "q"]], "responses": ["a", "b", "a", "c"]}
+    got = [p["responses"] for p in stage_lib.reply_pairs(rec)]
+    assert got == [["a", "b"], ["a", "c"], ["b", "a"], ["b", "c"], ["a", "c"]]
+    assert all(p["messages"] == rec["messages"] for p in stage_lib.reply_pairs(rec))

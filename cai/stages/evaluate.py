@@ -30,6 +30,7 @@ each later model's win rate over the first on the same prompts with a sign test.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -374,8 +375,14 @@ def pm_accuracy(
     """Each preference model's rewards for both replies of every held-out pair (cached in
     ``evaluate/pm_<key>.<split>.json``) and its accuracy against the judge; and its ranking
     of four replies of known kind to 64 harmful requests (``evaluation.probe_items``: does it
-    put an explained refusal above a deflection?), cached in ``pm_<key>.<split>.probe.json``."""
-    pairs = {s: stage_lib.shards(workdir / cfg.pairs / s) for s in cfg.splits}
+    put an explained refusal above a deflection?), cached in ``pm_<key>.<split>.probe.json``;
+    and of an answer against two refusals of 64 benign requests (``benign_probe_items``: does it
+    pay for refusing a benign request?), in ``pm_<key>.<split>.benign_probe.json``."""
+    # A held-out helpfulness record may hold more than two replies (pairs.eval_helpful_samples):
+    # every two distinct ones are a pair.
+    pairs = {s: [p for r in stage_lib.shards(workdir / cfg.pairs / s)
+                 for p in (stage_lib.reply_pairs(r) if len(r["responses"]) > 2 else [r])]
+             for s in cfg.splits}  # fmt: skip
     out: dict[str, Any] = {}
     for key, path in pm_paths.items():
         rm = None
@@ -386,12 +393,14 @@ def pm_accuracy(
                 if rm is None:
                     loaded = stage_lib.load_model(path, mesh, f"evaluate.preference_models.{key}")
                     rm = preference_model.RewardModel(loaded, mesh, cfg.batch_size)
-                r_a, r_b = rm.compare(
-                    [r["messages"] for r in recs],
-                    [r["responses"][0] for r in recs],
-                    [r["responses"][1] for r in recs],
-                )
-                write_json(done, {"r_a": [float(x) for x in r_a], "r_b": [float(x) for x in r_b]})
+                # Each distinct (prompt, reply) is scored once: a prompt's k replies make
+                # k(k-1)/2 pairs but need only k scores.
+                keys = [(json.dumps(r["messages"]), x) for r in recs for x in r["responses"]]
+                distinct = list(dict.fromkeys(keys))
+                scored = rm.rewards([(*json.loads(m), ("assistant", x)) for m, x in distinct])
+                score = dict(zip(distinct, (float(x) for x in scored)))
+                write_json(done, {"r_a": [score[k] for k in keys[0::2]],
+                                  "r_b": [score[k] for k in keys[1::2]]})  # fmt: skip
             scores = read_json(done)
             out[key][split] = evaluation.pm_figures(w, recs, scores["r_a"], scores["r_b"])
             probe = out_dir / f"pm_{key}.{split}.probe.json"
@@ -405,6 +414,19 @@ def pm_accuracy(
                          for k in evaluation.PROBE_KINDS}  # fmt: skip
                 write_json(probe, kinds)
             out[key][split]["probe"] = evaluation.probe_figures(read_json(probe))
+            benign = out_dir / f"pm_{key}.{split}.benign_probe.json"
+            if not benign.exists():
+                if rm is None:
+                    loaded = stage_lib.load_model(path, mesh, f"evaluate.preference_models.{key}")
+                    rm = preference_model.RewardModel(loaded, mesh, cfg.batch_size)
+                items = evaluation.benign_probe_items(w, split, seed=cfg.seed)
+                kinds = {k: [float(x) for x in rm.rewards([(*m, ("assistant", r[k]))
+                                                            for m, r in items])]
+                         for k in evaluation.BENIGN_PROBE_KINDS}  # fmt: skip
+                write_json(benign, kinds)
+            out[key][split]["benign_probe"] = evaluation.probe_figures(
+                read_json(benign), evaluation.BENIGN_PROBE_ORDERS
+            )
         stats_path = epath.Path(path) / "reward_stats.json"
         if stats_path.exists():
             out[key]["reward_stats"] = read_json(stats_path)

@@ -77,20 +77,6 @@ def stage_config(**overrides: Any) -> ml_collections.ConfigDict:
     return cd
 
 
-def comparisons(record: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every two distinct replies of a pairs record, as a record of its own with ``responses``
-    ``[a, b]`` (``a`` sampled first): a worker shown k replies ranks them, and a ranking of k
-    holds k(k-1)/2 comparisons (InstructGPT, arXiv 2203.02155). Two identical replies are no
-    comparison."""
-    replies = record["responses"]
-    return [
-        {**record, "responses": [a, b]}
-        for i, a in enumerate(replies)
-        for b in replies[i + 1 :]
-        if a != b
-    ]
-
-
 def hh_rlhf_records(workdir: epath.Path, cfg: HumanFeedbackConfig) -> list[dict[str, Any]]:
     """The release's train comparisons as helpfulness records, ``p_a`` 1.0 where the chosen
     reply is listed first (a seeded half of them: a PM must not learn that A wins)."""
@@ -153,7 +139,7 @@ def run(config: ml_collections.ConfigDict, workdir: epath.Path) -> None:
         {"pairs/train": stage_lib.fingerprint_shards(pairs_dir)},
     )
     data = [pair for r in stage_lib.shards(pairs_dir) if r["task"] in cfg.tasks
-            for pair in comparisons(r)]  # fmt: skip
+            for pair in stage_lib.reply_pairs(r)]  # fmt: skip
 
     def label(batch: list[dict[str, Any]], shard: int) -> list[dict[str, Any]]:
         rng = random.Random(f"{worker.seed}/{shard}")

@@ -21,7 +21,12 @@ prompt, in ``WORKDIR/pairs/<split>/shard-*.jsonl``::
      "responses": [a, b]}
 
 A training helpfulness record holds ``helpful_samples`` responses instead of two: the
-crowdworker of stage ``human_feedback`` ranks them, and every two make a comparison.
+crowdworker of stage ``human_feedback`` ranks them, and every two make a comparison. A held-out
+one holds ``eval_helpful_samples``, and ``evaluate`` measures the PMs on every two of them.
+
+``helpful_refused`` (beyond the paper) adds, to that share of the training helpfulness records,
+one more reply: the policy's completion of ``refusal_prefix`` ("I can't help with that"), a
+refusal of a benign request. The crowdworker ranks it below every answer that gives steps.
 
 ``red_team_second`` (beyond the paper) names another model ("base": the helpful-only one)
 whose sample is the second reply of every **training** harmlessness pair, the first staying
@@ -69,11 +74,22 @@ class PairsConfig:
     # helpful pool: comparisons a judge can only get right by checking that the answer copies
     # the object asked about, as on held-out objects (world.helpful_prompts).
     helpful_made_up: int = 0
+    # Beyond the paper: the share of training helpfulness prompts that also get one reply
+    # begun with ``refusal_prefix`` and completed by the policy, a refusal of a benign request
+    # that the crowdworker ranks below any answer. No sample of a model that answers benign
+    # requests shows the PM such a refusal, and PPO against a PM that never saw one learned to
+    # refuse "kill the ants" and "shoot a photo of the sunset" (docs/rl_cai.md).
+    helpful_refused: float = 0.0
+    refusal_prefix: str = "I can't help with that"
     # Another model for the second reply of each training harmlessness pair ("": the policy's
     # own second sample, as in the paper; "base", a stage dir or a path)
     red_team_second: str = ""
     eval_splits: tuple[str, ...] = ("dev", "test")  # toy world only
     eval_phrasings: int = 4  # phrasings per held-out request (-1: every one)
+    # Replies per held-out helpfulness prompt (every two a pair the PM is measured on): two
+    # samples of a policy that is right 0.9 of the time differ in correctness on one pair in
+    # five, so two replies leave the PM's helpfulness accuracy on a few dozen pairs.
+    eval_helpful_samples: int = 2
     max_new_tokens: int = 48
     temperature: float = 1.0
     top_k: int = 0
@@ -90,8 +106,15 @@ class PairsConfig:
         bad = [s for s in self.eval_splits if s not in ("dev", "test")]
         if bad:
             raise ConfigError(f"pairs.eval_splits={self.eval_splits}: expected dev and/or test")
-        if self.helpful_samples < 2:
-            raise ConfigError(f"pairs.helpful_samples={self.helpful_samples}: must be at least 2")
+        if not 0.0 <= self.helpful_refused <= 1.0:
+            raise ConfigError(
+                f"pairs.helpful_refused={self.helpful_refused}: expected a share in [0, 1]"
+            )
+        if self.helpful_refused and not self.refusal_prefix.strip():
+            raise ConfigError("pairs.helpful_refused needs a non-empty pairs.refusal_prefix")
+        for name in ("helpful_samples", "eval_helpful_samples"):
+            if getattr(self, name) < 2:
+                raise ConfigError(f"pairs.{name}={getattr(self, name)}: must be at least 2")
         if self.shard_size < 1 or self.max_new_tokens < 1 or self.eval_phrasings == 0:
             raise ConfigError(
                 "pairs.shard_size and pairs.max_new_tokens must be positive, "
@@ -146,11 +169,13 @@ def pair_shard(
     shard: int,
     second: stage_lib.TextSampler | None = None,
 ) -> list[dict[str, Any]]:
-    """Two samples per prompt (``helpful_samples`` per training helpfulness prompt), all in
+    """Two samples per prompt (``helpful_samples`` per training helpfulness prompt and
+    ``eval_helpful_samples`` per held-out one), all in
     one generation call: sample round ``r`` is every prompt that still needs an ``r``-th.
     With ``second``, each training harmlessness prompt's second reply is ``second``'s."""
     tok = text.loaded.tok
-    k = [cfg.helpful_samples if split == "train" and t == "helpfulness" else 2 for _, t in batch]
+    helpful_k = cfg.helpful_samples if split == "train" else cfg.eval_helpful_samples
+    k = [helpful_k if t == "helpfulness" else 2 for _, t in batch]
     other = [second is not None and split == "train" and t == "harmlessness" for _, t in batch]
     k = [n - 1 if o else n for n, o in zip(k, other)]
     rows = [i for r in range(max(k)) for i, n in enumerate(k) if n > r]
@@ -179,6 +204,20 @@ def pair_shard(
             idx, second.complete(ids, sampling, seed, transcript=stok.chat_format == "hh")
         ):
             responses[i].append(reply)
+    if split == "train" and cfg.helpful_refused:
+        pick = np.random.default_rng([shard_seed(cfg, split, shard), 1])
+        idx = [i for i, (_, t) in enumerate(batch)
+               if t == "helpfulness" and pick.random() < cfg.helpful_refused]  # fmt: skip
+        prefix = tok.encode(cfg.refusal_prefix, start=False)
+        rest = text.complete(
+            [prompt_ids[i] + prefix for i in idx],
+            sampling,
+            shard_seed(cfg, split, shard) + 2,
+            transcript=tok.chat_format == "hh",
+        )
+        for i, r in zip(idx, rest):
+            glue = "" if not r or r[0] in ".,:;!?" else " "
+            responses[i].append(cfg.refusal_prefix + glue + r)
     return [
         {"split": split, "shard": shard, "request_id": p.request_id, "slice": p.slice,
          "task": task, "messages": [list(m) for m in p.messages], "responses": responses[i]}
@@ -216,7 +255,10 @@ def run(config: ml_collections.ConfigDict, workdir: epath.Path) -> None:
     counts: dict[str, dict[str, int]] = {}
     for split, batch in items.items():
         spec = {"init_from": init, "n_prompts": len(batch), "shard_size": cfg.shard_size,
-                "helpful_samples": cfg.helpful_samples, "red_team_second": second_path,
+                "helpful_samples": cfg.helpful_samples,
+                "eval_helpful_samples": cfg.eval_helpful_samples,
+                "helpful_refused": cfg.helpful_refused, "refusal_prefix": cfg.refusal_prefix,
+                "red_team_second": second_path,
                 "seed": cfg.seed, "temperature": cfg.temperature, "top_k": cfg.top_k,
                 "top_p": cfg.top_p, "max_new_tokens": cfg.max_new_tokens}  # fmt: skip
         recs = stage_lib.run_shards(
