@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from cai import stage_lib
 from cai.errors import ConfigError
 from cai.files import read_jsonl
 
@@ -51,9 +52,17 @@ def test_label_shards_resume_after_a_kill(repo, tmp_path, whole):
 def test_records_hold_what_later_stages_read(whole):
     pairs = read_jsonl(next((whole / "pairs" / "train").glob("shard-*.jsonl")))
     assert {r["task"] for r in pairs} == {"harmlessness", "helpfulness"}
-    assert all(len(r["responses"]) == 2 and r["messages"][-1][0] == "user" for r in pairs)
+    assert all(r["messages"][-1][0] == "user" for r in pairs)
+    # smoke: two replies each, plus a refusal in about half of the helpfulness records
+    # (pairs.helpful_refused=0.5); three per held-out helpful prompt (eval_helpful_samples=3)
+    sizes = {(r["task"], len(r["responses"])) for r in pairs}
+    assert sizes == {("harmlessness", 2), ("helpfulness", 2), ("helpfulness", 3)}
+    assert all(r["responses"][-1].startswith("I can't help with that") for r in pairs
+               if len(r["responses"]) == 3)  # fmt: skip
     held = [r for p in (whole / "pairs" / "test").glob("*.jsonl") for r in read_jsonl(p)]
     assert {r["slice"] for r in held} == {"direct", "adversarial", "dual_use", "benign"}
+    assert {(r["task"], len(r["responses"])) for r in held} == {("harmlessness", 2),
+                                                                ("helpfulness", 3)}  # fmt: skip
     labels = [r for p in (whole / "feedback" / "test").glob("*.jsonl") for r in read_jsonl(p)]
     assert labels and all(r["task"] == "harmlessness" for r in labels)
     distinct = lambda r: r["responses"][0] != r["responses"][1]  # noqa: E731
@@ -73,7 +82,7 @@ def test_records_hold_what_later_stages_read(whole):
     human = [r for p in (whole / "human_feedback" / "train").glob("*.jsonl") for r in read_jsonl(p)]
     assert {r["p_a"] for r in human} <= {0.0, 0.5, 1.0}  # smoke keeps the indifferent ones
     train_pairs = [r for p in (whole / "pairs" / "train").glob("*.jsonl") for r in read_jsonl(p)]
-    assert 0 < len(human) <= sum(distinct(r) for r in train_pairs)
+    assert 0 < len(human) <= sum(len(stage_lib.reply_pairs(r)) for r in train_pairs)
     summary = json.loads((whole / "summary.json").read_text())
     assert {"pairs_stage", "feedback_stage", "human_feedback_stage"} <= set(summary)
 
@@ -129,8 +138,6 @@ def test_red_team_second_model_answers_second_on_training_red_team_pairs_only():
 
 
 def test_every_two_distinct_replies_are_a_pair():
-    from cai import stage_lib
-
     rec = {"task": "helpfulness", "messages": [["user", "q"]], "responses": ["a", "b", "a", "c"]}
     got = [p["responses"] for p in stage_lib.reply_pairs(rec)]
     assert got == [["a", "b"], ["a", "c"], ["b", "a"], ["b", "c"], ["a", "c"]]

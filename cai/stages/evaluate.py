@@ -32,7 +32,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import ml_collections
@@ -364,6 +364,25 @@ def feedback_quality(
     evaluation.plot_calibration(out[shown], workdir / "plots" / "feedback_calibration.png")
 
 
+def lazy_rewards(
+    path: str, mesh: Any, batch_size: int, where: str
+) -> Callable[[Sequence[Any]], list[float]]:
+    """A preference model's rewards of conversations, the model loaded on the first call only
+    (a rerun with every figure cached loads nothing)."""
+    held: list[preference_model.RewardModel] = []
+
+    def rewards(convs: Sequence[Any]) -> list[float]:
+        if not held:
+            held.append(
+                preference_model.RewardModel(
+                    stage_lib.load_model(path, mesh, where), mesh, batch_size
+                )
+            )
+        return [float(x) for x in held[0].rewards(convs)]
+
+    return rewards
+
+
 def pm_accuracy(
     w: world.World,
     pm_paths: dict[str, str],
@@ -383,50 +402,33 @@ def pm_accuracy(
     pairs = {s: [p for r in stage_lib.shards(workdir / cfg.pairs / s)
                  for p in (stage_lib.reply_pairs(r) if len(r["responses"]) > 2 else [r])]
              for s in cfg.splits}  # fmt: skip
+    probes = {"probe": (evaluation.probe_items, evaluation.PROBE_KINDS, evaluation.PROBE_ORDERS),
+              "benign_probe": (evaluation.benign_probe_items, evaluation.BENIGN_PROBE_KINDS,
+                               evaluation.BENIGN_PROBE_ORDERS)}  # fmt: skip
     out: dict[str, Any] = {}
     for key, path in pm_paths.items():
-        rm = None
+        rewards = lazy_rewards(path, mesh, cfg.batch_size, f"evaluate.preference_models.{key}")
         out[key] = {}
         for split, recs in pairs.items():
             done = out_dir / f"pm_{key}.{split}.json"
             if not done.exists():
-                if rm is None:
-                    loaded = stage_lib.load_model(path, mesh, f"evaluate.preference_models.{key}")
-                    rm = preference_model.RewardModel(loaded, mesh, cfg.batch_size)
                 # Each distinct (prompt, reply) is scored once: a prompt's k replies make
                 # k(k-1)/2 pairs but need only k scores.
                 keys = [(json.dumps(r["messages"]), x) for r in recs for x in r["responses"]]
                 distinct = list(dict.fromkeys(keys))
-                scored = rm.rewards([(*json.loads(m), ("assistant", x)) for m, x in distinct])
-                score = dict(zip(distinct, (float(x) for x in scored)))
+                score = dict(zip(distinct, rewards([(*json.loads(m), ("assistant", x))
+                                                    for m, x in distinct])))  # fmt: skip
                 write_json(done, {"r_a": [score[k] for k in keys[0::2]],
                                   "r_b": [score[k] for k in keys[1::2]]})  # fmt: skip
             scores = read_json(done)
             out[key][split] = evaluation.pm_figures(w, recs, scores["r_a"], scores["r_b"])
-            probe = out_dir / f"pm_{key}.{split}.probe.json"
-            if not probe.exists():
-                if rm is None:
-                    loaded = stage_lib.load_model(path, mesh, f"evaluate.preference_models.{key}")
-                    rm = preference_model.RewardModel(loaded, mesh, cfg.batch_size)
-                items = evaluation.probe_items(w, split, seed=cfg.seed)
-                kinds = {k: [float(x) for x in rm.rewards([(*m, ("assistant", r[k]))
-                                                            for m, r in items])]
-                         for k in evaluation.PROBE_KINDS}  # fmt: skip
-                write_json(probe, kinds)
-            out[key][split]["probe"] = evaluation.probe_figures(read_json(probe))
-            benign = out_dir / f"pm_{key}.{split}.benign_probe.json"
-            if not benign.exists():
-                if rm is None:
-                    loaded = stage_lib.load_model(path, mesh, f"evaluate.preference_models.{key}")
-                    rm = preference_model.RewardModel(loaded, mesh, cfg.batch_size)
-                items = evaluation.benign_probe_items(w, split, seed=cfg.seed)
-                kinds = {k: [float(x) for x in rm.rewards([(*m, ("assistant", r[k]))
-                                                            for m, r in items])]
-                         for k in evaluation.BENIGN_PROBE_KINDS}  # fmt: skip
-                write_json(benign, kinds)
-            out[key][split]["benign_probe"] = evaluation.probe_figures(
-                read_json(benign), evaluation.BENIGN_PROBE_ORDERS
-            )
+            for name, (make_items, kinds, orders) in probes.items():
+                cached = out_dir / f"pm_{key}.{split}.{name}.json"
+                if not cached.exists():
+                    items = make_items(w, split, seed=cfg.seed)
+                    write_json(cached, {k: rewards([(*m, ("assistant", r[k])) for m, r in items])
+                                        for k in kinds})  # fmt: skip
+                out[key][split][name] = evaluation.probe_figures(read_json(cached), orders)
         stats_path = epath.Path(path) / "reward_stats.json"
         if stats_path.exists():
             out[key]["reward_stats"] = read_json(stats_path)
