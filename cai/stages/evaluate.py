@@ -398,7 +398,8 @@ def pm_accuracy(
     and of an answer against two refusals of 64 benign requests (``benign_probe_items``: does it
     pay for refusing a benign request?), in ``pm_<key>.<split>.benign_probe.json``."""
     # A held-out helpfulness record may hold more than two replies (pairs.eval_helpful_samples):
-    # every two distinct ones are a pair.
+    # every two distinct ones are a pair. Two-reply records stay as they are (identical ones
+    # too, which the judge never tells apart), so caches of earlier runs keep their order.
     pairs = {s: [p for r in stage_lib.shards(workdir / cfg.pairs / s)
                  for p in (stage_lib.reply_pairs(r) if len(r["responses"]) > 2 else [r])]
              for s in cfg.splits}  # fmt: skip
