@@ -1,5 +1,5 @@
 """Shared helpers for the benchmarks: HF twin of a ``ModelConfig``, weight copy, matmul peak,
-thread report and robust timing."""
+memory bandwidth, roofline estimates, thread report and robust timing."""
 
 from __future__ import annotations
 
@@ -95,6 +95,90 @@ def matmul_peak_gflops(n: int = 2048, reps: int = 8) -> tuple[float, str]:
     best = {k: 2 * n**3 / min(timed(f, reps, warmup=2)) / 1e9 for k, f in cands.items()}
     lib = max(best, key=best.get)
     return best[lib], ", ".join(f"{k} {v:.0f}" for k, v in best.items())
+
+
+def memory_bandwidth_gbs(mib: int = 256, reps: int = 8) -> tuple[float, str]:
+    """Best read bandwidth (GB/s) over numpy, torch and jax: a sum over a ``mib`` MiB f32 array
+    (larger than any cache here), which reads every byte once and writes nothing."""
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    a = np.random.default_rng(0).standard_normal(mib * 2**18, np.float32)
+    ta, ja = torch.from_numpy(a), jnp.asarray(a)
+    total = jax.jit(jnp.sum)
+    cands = {
+        "numpy": lambda: a.sum(),
+        "torch": lambda: ta.sum(),
+        "jax": lambda: total(ja).block_until_ready(),
+    }
+    best = {k: a.nbytes / min(timed(f, reps, warmup=2)) / 1e9 for k, f in cands.items()}
+    lib = max(best, key=best.get)
+    return best[lib], ", ".join(f"{k} {v:.1f}" for k, v in best.items())
+
+
+def matmul_params(cfg: ModelConfig) -> int:
+    """Parameters that take part in a matmul: all but norms and the input embedding table (a
+    gather); a tied table is counted once, as the output projection."""
+    D = cfg.d_model
+    norms = cfg.n_layers * 2 * D + D
+    untied_input = 0 if cfg.tie_embeddings else cfg.vocab_size * D
+    return cfg.num_params() - norms - untied_input
+
+
+def roofline_s(flops: float, nbytes: float, peak_gflops: float, bw_gbs: float) -> float:
+    """The roofline time of a step: the larger of its compute time at the matmul peak and its
+    memory time at the read bandwidth (a step can overlap the two, so neither alone is less)."""
+    return max(flops / (peak_gflops * 1e9), nbytes / (bw_gbs * 1e9))
+
+
+def decode_step_cost(cfg: ModelConfig, batch: int, slots: int) -> tuple[float, float]:
+    """(FLOPs, bytes) of one batched decode step over a cache of ``slots`` keys, the least any
+    implementation must do: 2 FLOPs per matmul weight per row, 4 per (query head, head dim, key)
+    for the two attention dots; every weight read once (f32) and the whole K/V cache read once.
+    Activations ([batch, d_model]-sized) are ignored: they live in cache."""
+    W = matmul_params(cfg)
+    flops = 2 * batch * W + 4 * batch * cfg.n_layers * cfg.n_heads * cfg.head_dim * slots
+    nbytes = 4 * (W + 2 * batch * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * slots)
+    return flops, nbytes
+
+
+def prefill_cost(cfg: ModelConfig, batch: int, length: int) -> tuple[float, float]:
+    """(FLOPs, bytes) of a prefill of ``length`` tokens per row that projects only the last
+    position to logits: matmuls on every token, causal attention (half the T x T scores), the
+    weights read once and the K/V cache written once."""
+    V, D, L = cfg.vocab_size, cfg.d_model, cfg.n_layers
+    W = matmul_params(cfg)
+    body = W - V * D  # the output projection runs on one position per row
+    flops = 2 * batch * length * body + 2 * batch * V * D
+    flops += 2 * batch * L * cfg.n_heads * cfg.head_dim * length * length  # 4 * T^2 / 2
+    nbytes = 4 * (W + 2 * batch * L * cfg.n_kv_heads * cfg.head_dim * length)
+    return flops, nbytes
+
+
+def generate_roofline_s(
+    cfg: ModelConfig, batch: int, prompt: int, new: int, peak: float, bw: float
+) -> tuple[float, float]:
+    """Roofline seconds of a whole greedy call (prefill, then ``new - 1`` decode steps whose
+    cache grows from ``prompt + 1`` slots) and of its mean decode step."""
+    pre = roofline_s(*prefill_cost(cfg, batch, prompt), peak, bw)
+    steps = [roofline_s(*decode_step_cost(cfg, batch, prompt + i), peak, bw) for i in range(1, new)]
+    return pre + sum(steps), sum(steps) / max(len(steps), 1)
+
+
+def train_step_bytes(cfg: ModelConfig, batch: int, length: int) -> float:
+    """Bytes a train step must move (f32), a lower-end estimate: the weights read in the
+    forward and the backward pass and their gradients written (3 x params), AdamW reading
+    params, gradients and both moments and writing params and moments (7 x params); and per
+    token per layer the activations the backward pass reads back, each written once and read
+    once: the block input and the two normed inputs, q, k, v, the attention output, the MLP's
+    two input projections and its product (~ 4 D + (N + 2 K) H + 3 F floats), plus the attention
+    probabilities (N x T per token)."""
+    D, F, L, H = cfg.d_model, cfg.mlp_dim, cfg.n_layers, cfg.head_dim
+    N, K = cfg.n_heads, cfg.n_kv_heads
+    per_token = 4 * D + (N + 2 * K) * H + 3 * F + N * length
+    acts = 2 * batch * length * L * per_token
+    return 4 * (10 * cfg.num_params() + acts)
 
 
 def timed(fn: Callable[[], Any], reps: int, warmup: int = 1) -> list[float]:

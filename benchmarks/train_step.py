@@ -1,5 +1,6 @@
 """Train-step throughput: our AOT-compiled JAX step vs HF transformers ``LlamaForCausalLM``
-(PyTorch, CPU) on the same Llama-style model (``PRESETS["llama_19m"]``), same weights.
+(PyTorch, CPU) on the same Llama-style models, same weights: the toy world's model (the
+shipped base's shapes) and ``PRESETS["llama_19m"]``.
 
 Both sides: batch 8, 256 predicted positions per row, f32, next-token cross-entropy, global-norm
 clipping at 1.0, AdamW (lr 3e-4 constant, betas (0.9, 0.95), eps 1e-8, weight decay 0.1 on
@@ -11,13 +12,19 @@ HF's work per counted token.
 MFU = achieved FLOP/s / matmul peak, the peak being the best f32 GFLOP/s of a 2048^3 matmul in
 numpy, torch or jax measured here. FLOPs per trained token (PaLM-style, no causal discount):
     6 * N_matmul + 12 * n_layers * T * n_heads * head_dim
-with N_matmul = all parameters except the input embedding table (a gather, not a matmul) and
-T = 256. Sides are timed in alternating rounds (after warm-up) to share any background noise;
-we report medians. Library defaults on all cores for both (threads printed).
+with N_matmul = all parameters except norms and the input embedding table (a gather, not a
+matmul; a tied table counts once, as the output projection) and T = 256.
+
+Roofline: the step's FLOPs at the matmul peak or its bytes (``bench_common.train_step_bytes``:
+weights, gradients, AdamW state and saved activations, f32) at the read bandwidth measured
+here, whichever is longer; each side's fraction of it is
+roofline time / measured step time. Sides are timed in alternating rounds (after warm-up) to
+share any background noise; we report medians. Library defaults on all cores for both (threads
+printed).
 Other processes on the cores skew both sides (torch's OpenMP pool much more than XLA's), so
 the 1-minute load average is printed at the start and end; trust only quiet runs.
 
-    python benchmarks/train_step.py [--steps 10] [--rounds 3] [--quick]
+    python benchmarks/train_step.py [--steps 10] [--rounds 3] [--quick] [--rows toy_world,llama_19m]
 """
 
 from __future__ import annotations
@@ -39,10 +46,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_common import (  # noqa: E402
     hf_llama,
     load_report,
+    matmul_params,
     matmul_peak_gflops,
+    memory_bandwidth_gbs,
+    roofline_s,
     summary,
     thread_report,
     timed,
+    train_step_bytes,
 )
 
 OPT = OptimConfig(
@@ -58,8 +69,7 @@ OPT = OptimConfig(
 
 
 def flops_per_token(cfg: ModelConfig, T: int) -> float:
-    n_matmul = cfg.num_params() - cfg.vocab_size * cfg.d_model  # minus the input embedding
-    return 6 * n_matmul + 12 * cfg.n_layers * T * cfg.n_heads * cfg.head_dim
+    return 6 * matmul_params(cfg) + 12 * cfg.n_layers * T * cfg.n_heads * cfg.head_dim
 
 
 def ours(cfg: ModelConfig, tokens: np.ndarray) -> tuple:
@@ -118,6 +128,37 @@ def hf(cfg: ModelConfig, params, tokens: np.ndarray):
     return step
 
 
+def run_row(name: str, cfg: ModelConfig, args: argparse.Namespace) -> dict[str, float]:
+    """Time both sides on ``cfg``; returns tok/s of each and the step FLOPs."""
+    B, T = args.batch, args.seq
+    tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, (B, T + 1), dtype=np.int32)
+    print(f"[{name}] {cfg.num_params() / 1e6:.2f}M params, batch {B} x {T} predicted, f32")
+    our_step, params = ours(cfg, tokens)
+    hf_step = hf(cfg, params, tokens)
+    l0, h0 = our_step(), hf_step()  # same weights and data: first losses should agree
+    print(f"  first-step loss: ours {l0:.4f}  hf {h0:.4f}")
+    timed(our_step, 0, warmup=args.warmup)
+    timed(hf_step, 0, warmup=args.warmup)
+    t_ours, t_hf = [], []
+    for _ in range(args.rounds):
+        t_ours += timed(our_step, args.steps, warmup=0)
+        t_hf += timed(hf_step, args.steps, warmup=0)
+    print(f"  ours step: {summary(t_ours)}")
+    print(f"  hf   step: {summary(t_hf)}")
+    return {
+        "ours_s": statistics.median(t_ours),
+        "hf_s": statistics.median(t_hf),
+        "fpt": flops_per_token(cfg, T),
+    }
+
+
+def toy_world_config() -> ModelConfig:
+    """The shipped toy-world base model's shapes (``cai/assets/toy_base``)."""
+    from cai import pretrained, stage_lib
+
+    return pretrained.read_config(str(stage_lib.SHIPPED_BASE))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=10, help="timed steps per side per round")
@@ -126,53 +167,52 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=256, help="predicted positions per row")
     ap.add_argument("--quick", action="store_true", help="2 rounds of 3 steps")
+    ap.add_argument(
+        "--rows", type=lambda s: s.split(","), default=[],
+        help="comma-separated subset of toy_world,llama_19m (default: both)",
+    )  # fmt: skip
     args = ap.parse_args()
     if args.quick:
         args.steps, args.rounds, args.warmup = 3, 2, 2
-    cfg = PRESETS["llama_19m"]
     B, T = args.batch, args.seq
-    tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, (B, T + 1), dtype=np.int32)
-    print(
-        f"model llama_19m: {cfg.num_params() / 1e6:.2f}M params, batch {B} x {T} predicted "
-        f"positions, f32"
-    )
     print("threads:", thread_report())
     print("start:", load_report())
-
     peak0, _ = matmul_peak_gflops()  # measured again after the timing; the larger counts
-    our_step, params = ours(cfg, tokens)
-    hf_step = hf(cfg, params, tokens)
-    l0, h0 = our_step(), hf_step()  # same weights and data: first losses should agree
-    print(f"first-step loss: ours {l0:.4f}  hf {h0:.4f}")
-    timed(our_step, 0, warmup=args.warmup)
-    timed(hf_step, 0, warmup=args.warmup)
-    t_ours, t_hf = [], []
-    for _ in range(args.rounds):
-        t_ours += timed(our_step, args.steps, warmup=0)
-        t_hf += timed(hf_step, args.steps, warmup=0)
-    print(f"ours step: {summary(t_ours)}")
-    print(f"hf   step: {summary(t_hf)}")
-
+    bw0, _ = memory_bandwidth_gbs()
+    rows = {}
+    for name, cfg in (("toy_world", toy_world_config()), ("llama_19m", PRESETS["llama_19m"])):
+        if not args.rows or name in args.rows:
+            rows[name] = (cfg, run_row(name, cfg, args))
     print("end:", load_report())
-    peak, detail = matmul_peak_gflops()
-    peak = max(peak, peak0)
+    (peak, detail), (bw, bw_detail) = matmul_peak_gflops(), memory_bandwidth_gbs()
+    peak, bw = max(peak, peak0), max(bw, bw0)
     print(f"matmul peak (f32 2048^3, GFLOP/s): {detail}; before timing {peak0:.0f} -> {peak:.0f}")
-    fpt = flops_per_token(cfg, T)
-    ours_tok = B * T / statistics.median(t_ours)
-    hf_tok = B * T / statistics.median(t_hf)
-    mfu, hf_mfu = ours_tok * fpt / 1e9 / peak, hf_tok * fpt / 1e9 / peak
-    print(
-        f"FLOPs/token = 6*{(fpt - 12 * cfg.n_layers * T * cfg.n_heads * cfg.head_dim) / 6:.0f}"
-        f" + 12*L*T*N*H = {fpt / 1e6:.1f} MFLOP"
-    )
-    print(
-        f"ours: {ours_tok:.0f} tok/s ({ours_tok * fpt / 1e9:.0f} GFLOP/s, MFU {mfu:.2f}); "
-        f"hf: {hf_tok:.0f} tok/s ({hf_tok * fpt / 1e9:.0f} GFLOP/s, MFU {hf_mfu:.2f})"
-    )
-    print(
-        f"ours_tok_s={ours_tok:.0f} hf_tok_s={hf_tok:.0f} peak_gflops={peak:.0f} "
-        f"mfu={mfu:.2f} hf_mfu={hf_mfu:.2f} ratio={ours_tok / hf_tok:.2f}"
-    )
+    print(f"read bandwidth (GB/s): {bw_detail}; before timing {bw0:.1f} -> {bw:.1f}")
+    for name, (cfg, r) in rows.items():
+        fpt = r["fpt"]
+        ours_tok, hf_tok = B * T / r["ours_s"], B * T / r["hf_s"]
+        mfu, hf_mfu = ours_tok * fpt / 1e9 / peak, hf_tok * fpt / 1e9 / peak
+        nbytes = train_step_bytes(cfg, B, T)
+        roof = roofline_s(fpt * B * T, nbytes, peak, bw)
+        bound = "compute" if fpt * B * T / peak >= nbytes / bw else "memory"
+        attn = 12 * cfg.n_layers * T * cfg.n_heads * cfg.head_dim
+        print(
+            f"[{name}] FLOPs/token = 6*{(fpt - attn) / 6:.0f} + 12*L*T*N*H = {fpt / 1e6:.1f} "
+            f"MFLOP; step {fpt * B * T / 1e9:.1f} GFLOP, ~{nbytes / 1e6:.0f} MB moved; roofline "
+            f"{roof * 1e3:.0f} ms ({bound}-bound)"
+        )
+        print(
+            f"  ours: {ours_tok:.0f} tok/s ({ours_tok * fpt / 1e9:.0f} GFLOP/s, MFU {mfu:.2f}, "
+            f"{roof / r['ours_s']:.2f} of roofline); hf: {hf_tok:.0f} tok/s "
+            f"({hf_tok * fpt / 1e9:.0f} GFLOP/s, MFU {hf_mfu:.2f}, "
+            f"{roof / r['hf_s']:.2f} of roofline)"
+        )
+        print(
+            f"{name} ours_tok_s={ours_tok:.0f} hf_tok_s={hf_tok:.0f} peak_gflops={peak:.0f} "
+            f"bw_gbs={bw:.1f} mfu={mfu:.2f} hf_mfu={hf_mfu:.2f} "
+            f"ours_roofline={roof / r['ours_s']:.2f} hf_roofline={roof / r['hf_s']:.2f} "
+            f"ratio={ours_tok / hf_tok:.2f}"
+        )
 
 
 if __name__ == "__main__":
