@@ -117,6 +117,13 @@ def memory_bandwidth_gbs(mib: int = 256, reps: int = 8) -> tuple[float, str]:
     return best[lib], ", ".join(f"{k} {v:.1f}" for k, v in best.items())
 
 
+def toy_world_config() -> ModelConfig:
+    """The shipped toy-world base model's shapes (``cai/assets/toy_base``)."""
+    from cai import pretrained, stage_lib
+
+    return pretrained.read_config(str(stage_lib.SHIPPED_BASE))
+
+
 def matmul_params(cfg: ModelConfig) -> int:
     """Parameters that take part in a matmul: all but norms and the input embedding table (a
     gather); a tied table is counted once, as the output projection."""

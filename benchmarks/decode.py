@@ -49,6 +49,7 @@ from bench_common import (  # noqa: E402
     summary,
     thread_report,
     timed,
+    toy_world_config,
 )
 
 
@@ -184,13 +185,6 @@ def smollm2_row(
     return cfg, compare(
         "smollm2_135m", cfg, prompts, mask, new, rounds, reps, machine, (params, hf_model)
     )
-
-
-def toy_world_config() -> ModelConfig:
-    """The shipped toy-world base model's shapes (``cai/assets/toy_base``)."""
-    from cai import pretrained, stage_lib
-
-    return pretrained.read_config(str(stage_lib.SHIPPED_BASE))
 
 
 def main() -> None:

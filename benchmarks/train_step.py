@@ -53,6 +53,7 @@ from bench_common import (  # noqa: E402
     summary,
     thread_report,
     timed,
+    toy_world_config,
     train_step_bytes,
 )
 
@@ -150,13 +151,6 @@ def run_row(name: str, cfg: ModelConfig, args: argparse.Namespace) -> dict[str, 
         "hf_s": statistics.median(t_hf),
         "fpt": flops_per_token(cfg, T),
     }
-
-
-def toy_world_config() -> ModelConfig:
-    """The shipped toy-world base model's shapes (``cai/assets/toy_base``)."""
-    from cai import pretrained, stage_lib
-
-    return pretrained.read_config(str(stage_lib.SHIPPED_BASE))
 
 
 def main() -> None:
