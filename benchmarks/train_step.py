@@ -166,6 +166,9 @@ def main() -> None:
         help="comma-separated subset of toy_world,llama_19m (default: both)",
     )  # fmt: skip
     args = ap.parse_args()
+    unknown = [r for r in args.rows if r not in ("toy_world", "llama_19m")]
+    if unknown:
+        ap.error(f"--rows: unknown {unknown[0]!r} (known: toy_world, llama_19m)")
     if args.quick:
         args.steps, args.rounds, args.warmup = 3, 2, 2
     B, T = args.batch, args.seq

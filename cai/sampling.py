@@ -79,10 +79,48 @@ def greedy_token(logits: jax.Array) -> jax.Array:
     return jnp.min(jnp.where(hit, iota, logits.shape[-1]), axis=-1)
 
 
+def categorical(key: jax.Array, logits: jax.Array) -> jax.Array:
+    """One draw per row from softmax(``logits``) [B, V] by inverting its CDF in two levels.
+
+    With p = exp(logits − max) cut into ``nb`` blocks of ``blk`` ≥ √V tokens, block masses
+    m_j = Σ p over block j and C_j = m_0 + … + m_j, one uniform u per row gives t = u·C_last;
+    the block is the first j with C_j ≥ t and the token the first i in it whose in-block
+    cumulative mass reaches t − C_(j−1). That is P(token) = p_token / Σ p exactly, as with
+    Gumbel-max (``jax.random.categorical``), but from B uniforms instead of B·V and without
+    the argmax: on XLA:CPU, B = 256, V = 4096, it takes ~1 ms against ~29 ms, which was half
+    of a sampled decode step of the toy model. Two levels because one cumsum over a whole
+    4,096-entry row alone took ~7 ms there; two over ~√V entries take a fraction of one.
+
+    A token of probability 0 (filtered to −inf) is never drawn: u ≥ the smallest normal
+    float keeps t > 0, and float rounding past a block's end is clamped to the block's last
+    token of positive mass."""
+    B, V = logits.shape
+    blk = 1
+    while blk * blk < V:
+        blk *= 2
+    nb = -(-V // blk)
+    logits = logits.astype(jnp.float32)
+    if nb * blk != V:
+        logits = jnp.pad(logits, ((0, 0), (0, nb * blk - V)), constant_values=-jnp.inf)
+    p = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True)).reshape(B, nb, blk)
+    mass = jnp.sum(p, axis=-1)  # [B, nb]
+    cum = jnp.cumsum(mass, axis=-1)
+    u = jax.random.uniform(key, (B,), minval=jnp.finfo(jnp.float32).tiny)
+    t = u * cum[:, -1]
+    j = jnp.minimum(jnp.sum(cum < t[:, None], axis=-1), nb - 1)
+    prev = jnp.take_along_axis(cum, jnp.maximum(j - 1, 0)[:, None], axis=-1)[:, 0]
+    before = jnp.where(j > 0, prev, 0.0)  # C_(j-1): the mass of the blocks before j
+    inner = jnp.take_along_axis(p, j[:, None, None], axis=1)[:, 0]  # [B, blk]
+    iota = jnp.arange(blk, dtype=jnp.int32)
+    last = jnp.max(jnp.where(inner > 0, iota, 0), axis=-1)
+    i = jnp.minimum(jnp.sum(jnp.cumsum(inner, axis=-1) < (t - before)[:, None], axis=-1), last)
+    return (j * blk + i).astype(jnp.int32)
+
+
 def sample_token(logits: jax.Array, key: jax.Array, cfg: SamplingConfig) -> jax.Array:
     if cfg.temperature == 0:
         return greedy_token(logits)
-    return jax.random.categorical(key, filter_logits(logits, cfg), axis=-1).astype(jnp.int32)
+    return categorical(key, filter_logits(logits, cfg))
 
 
 def generate(

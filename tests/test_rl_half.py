@@ -85,6 +85,9 @@ def test_records_hold_what_later_stages_read(whole):
     assert 0 < len(human) <= sum(len(stage_lib.reply_pairs(r)) for r in train_pairs)
     summary = json.loads((whole / "summary.json").read_text())
     assert {"pairs_stage", "feedback_stage", "human_feedback_stage"} <= set(summary)
+    for stage in ("pairs_stage", "feedback_stage"):  # the time of each split, for the budget
+        seconds = summary[stage]["split_seconds_this_run"]
+        assert set(seconds) == {"train", "dev", "test"} and min(seconds.values()) >= 0
 
 
 def test_a_changed_label_setting_is_one_line(repo, whole):

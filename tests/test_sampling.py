@@ -9,7 +9,14 @@ import pytest
 
 from cai import sharding
 from cai.model import PRESETS, Transformer
-from cai.sampling import Sampler, SamplingConfig, filter_logits, pad_left, pad_right
+from cai.sampling import (
+    Sampler,
+    SamplingConfig,
+    categorical,
+    filter_logits,
+    pad_left,
+    pad_right,
+)
 
 CFG = PRESETS["tiny"]
 PROMPTS = [[5, 6, 7, 8], [9, 10], [11, 12, 13, 14, 15, 16, 17]]
@@ -90,6 +97,28 @@ def test_sampling_is_seeded_and_top_k_1_is_greedy(setup):
     greedy = sampler.generate(params, PROMPTS, SamplingConfig(max_new_tokens=8, temperature=0))
     top1 = sampler.generate(params, PROMPTS, SamplingConfig(max_new_tokens=8, top_k=1), seed=5)
     assert [t for t, _ in top1] == [t for t, _ in greedy]
+
+
+@pytest.mark.parametrize("vocab", [7, 50, 300])
+def test_categorical_draws_the_softmax_and_never_a_filtered_token(vocab):
+    """The two-level inverse-CDF draw against softmax(logits): a chi-square statistic per
+    degree of freedom near 1 (its sd is sqrt(2/dof); 2.0 is > 3 sd for these dofs), on logits
+    with every third token filtered to -inf, a vocabulary not a square (padding) and blocks
+    whose last tokens have probability 0 (the clamp)."""
+    n = 100_000
+    logits = 2.0 * jax.random.normal(jax.random.key(vocab), (vocab,))
+    logits = logits.at[::3].set(-jnp.inf).at[-1].set(-jnp.inf)
+    draws = jax.jit(categorical)(jax.random.key(1), jnp.broadcast_to(logits, (n, vocab)))
+    counts = np.bincount(np.asarray(draws), minlength=vocab)
+    p = np.asarray(jax.nn.softmax(logits))
+    assert counts[p == 0].sum() == 0
+    expected = p * n
+    big = expected >= 5
+    chi2 = ((counts[big] - expected[big]) ** 2 / expected[big]).sum() / (big.sum() - 1)
+    assert 0.3 < chi2 < 2.0, chi2
+    # an all-but-one filtered row always draws the one token left
+    one = jnp.full((4, vocab), -jnp.inf).at[:, vocab // 2].set(0.0)
+    assert (np.asarray(categorical(jax.random.key(2), one)) == vocab // 2).all()
 
 
 def test_filter_logits_top_k_and_top_p():

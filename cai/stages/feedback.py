@@ -150,7 +150,9 @@ def run(config: ml_collections.ConfigDict, workdir: epath.Path) -> None:
     budget = [cfg.halt_after_shards or -1]
     t0 = time.time()
     summary: dict[str, Any] = {"labels": dataclasses.asdict(labels)}
+    seconds: dict[str, float] = {}  # per split: train labels, dev/test measure every form
     for split in splits:
+        t_split = time.time()
         spec = {"init_from": init, "constitution": const.path, "n_pairs": len(data[split]),
                 "labels": dataclasses.asdict(labels), "seed": cfg.seed,
                 "variants": list(cfg.variants), "compare_k": cfg.compare_k}  # fmt: skip
@@ -171,5 +173,7 @@ def run(config: ml_collections.ConfigDict, workdir: epath.Path) -> None:
             "mean_label": float(np.mean([r["p_a"] for r in recs])) if recs else None,
             "p_first_listed": feedback.position_bias(first),
         }
+        seconds[split] = round(time.time() - t_split, 1)
     summary["seconds_this_run"] = round(time.time() - t0, 1)
+    summary["split_seconds_this_run"] = seconds
     update_summary(workdir, "feedback_stage", summary)

@@ -253,7 +253,9 @@ def run(config: ml_collections.ConfigDict, workdir: epath.Path) -> None:
     budget = [cfg.halt_after_shards or -1]
     t0 = time.time()
     counts: dict[str, dict[str, int]] = {}
+    seconds: dict[str, float] = {}  # per split: train makes the RL data, dev/test measure it
     for split, batch in items.items():
+        t_split = time.time()
         spec = {"init_from": init, "n_prompts": len(batch), "shard_size": cfg.shard_size,
                 "helpful_samples": cfg.helpful_samples,
                 "eval_helpful_samples": cfg.eval_helpful_samples,
@@ -276,6 +278,10 @@ def run(config: ml_collections.ConfigDict, workdir: epath.Path) -> None:
             task: sum(r["task"] == task for r in recs) for task in ("harmlessness", "helpfulness")
         }
         counts[split]["identical_pairs"] = sum(len(set(r["responses"])) == 1 for r in recs)
+        seconds[split] = round(time.time() - t_split, 1)
     update_summary(
-        workdir, "pairs_stage", {"pairs": counts, "seconds_this_run": round(time.time() - t0, 1)}
-    )
+        workdir,
+        "pairs_stage",
+        {"pairs": counts, "seconds_this_run": round(time.time() - t0, 1),
+         "split_seconds_this_run": seconds},
+    )  # fmt: skip
