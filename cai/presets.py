@@ -252,13 +252,16 @@ def real_rlcai(
     as_train = SMOKE_HH_AS_TRAIN if smoke else ()
     const = config.constitution
     if smoke:
-        sizes = dict(red=8, steps=4, batch=8, seq=128, tokens=8, pm_steps=4, iters=2, rl_batch=8)
+        # SL-CAI's batch is half its 8 prompts: a random tiny model's revision can be empty
+        # (its first token ends the turn), and an empty one is dropped, not trained on.
+        sizes = dict(red=8, steps=4, batch=8, sft_batch=4, seq=128, tokens=8, pm_steps=4,
+                     iters=2, rl_batch=8)  # fmt: skip
     else:
-        sizes = dict(red=-1, steps=1000, batch=32, seq=1024, tokens=256, pm_steps=2000,
-                     iters=500, rl_batch=64)  # fmt: skip
+        sizes = dict(red=-1, steps=1000, batch=32, sft_batch=32, seq=1024, tokens=256,
+                     pm_steps=2000, iters=500, rl_batch=64)  # fmt: skip
     s = sizes
     config.sl_cai = sl_cai.stage_config(
-        steps=s["steps"], batch_size=s["batch"], seq_len=s["seq"], prompts="hh_rlhf",
+        steps=s["steps"], batch_size=s["sft_batch"], seq_len=s["seq"], prompts="hh_rlhf",
         hh_rlhf_dir=hh_rlhf_dir, hh_rlhf_as_train=as_train, red_team=s["red"],
         helpful=0 if smoke else -1, style="chat", rounds=1 if smoke else 4,
         shard_size=8 if smoke else 256,
