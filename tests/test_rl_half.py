@@ -140,6 +140,62 @@ def test_red_team_second_model_answers_second_on_training_red_team_pairs_only():
         pairs.PairsConfig(helpful_refused=1.5)
 
 
+def test_swapped_reply_is_another_objects_answer_to_the_same_act():
+    """pairs.helpful_swapped: a training helpfulness record gets the first reply of another
+    prompt, one for the same act about another object where the shard has one, else any other
+    request's; harmlessness records and held-out splits get none."""
+    import types
+
+    import numpy as np
+
+    from cai.stages import pairs
+    from cai.tokenizer import ByteTokenizer
+    from cai.toyworld import world
+
+    ids = ["clean/wardrobe", "clean/dresser", "clean/wardrobe", "bake/pie", "harm/x"]
+    tasks = ["helpfulness"] * 4 + ["harmlessness"]
+    batch = [(types.SimpleNamespace(request_id=r), t) for r, t in zip(ids, tasks)]
+    responses = [[f"{r} {k}" for k in range(2)] for r in ids]
+    got = pairs.swapped_replies(batch, responses, 1.0, np.random.default_rng(0))
+    # the same act about another object; "bake/pie" has no other bake prompt, so any other
+    assert got[0] == got[2] == "clean/dresser 0" and got[1] == "clean/wardrobe 0"
+    assert got[3] in {"clean/wardrobe 0", "clean/dresser 0"} and 4 not in got
+    assert pairs.swapped_replies(batch, responses, 0.0, np.random.default_rng(0)) == {}
+    share = pairs.swapped_replies(
+        batch * 250, responses * 250, 0.3, np.random.default_rng(1)
+    )  # about 0.3 of the 1,000 helpfulness records
+    assert 240 < len(share) < 360
+    # a splice: k of its own sentences, then the other's from sentence k on
+    two = [(types.SimpleNamespace(request_id=r), "helpfulness") for r in ids[:2]]
+    texts = [["Sure. Clean the wardrobe. Dry the wardrobe."], ["Ok. Clean the dresser. Dry it!"]]
+    spliced = {
+        pairs.swapped_replies(two, texts, 1.0, np.random.default_rng(seed))[0] for seed in range(40)
+    }
+    assert spliced == {
+        "Ok. Clean the dresser. Dry it!",
+        "Sure. Clean the dresser. Dry it!",
+        "Sure. Clean the wardrobe. Dry it!",
+    }
+    with pytest.raises(ConfigError, match="pairs.helpful_swapped=-0.1"):
+        pairs.PairsConfig(helpful_swapped=-0.1)
+
+    class Stub:
+        loaded = types.SimpleNamespace(tok=ByteTokenizer())
+
+        def complete(self, ids, sampling, seed, transcript=True):
+            return [f"reply{i}" for i in range(len(ids))]
+
+    w = world.generate(world.WorldConfig())
+    by_id = {p.request_id: p for p in world.helpful_prompts(w) if p.request_id.startswith("clean/")}
+    helpful = list(by_id.values())[:2]  # two objects of one act
+    pb = [(p, "helpfulness") for p in helpful]
+    cfg = pairs.PairsConfig(helpful_samples=2, helpful_swapped=1.0)
+    recs = pairs.pair_shard(Stub(), cfg, "train", pb, 0)
+    assert [r["responses"][-1] for r in recs] == ["reply1", "reply0"]
+    held = pairs.pair_shard(Stub(), cfg, "dev", pb, 0)
+    assert [len(r["responses"]) for r in held] == [2, 2]
+
+
 def test_every_two_distinct_replies_are_a_pair():
     rec = {"task": "helpfulness", "messages": [["user", "q"]], "responses": ["a", "b", "a", "c"]}
     got = [p["responses"] for p in stage_lib.reply_pairs(rec)]

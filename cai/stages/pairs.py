@@ -28,6 +28,15 @@ one holds ``eval_helpful_samples``, and ``evaluate`` measures the PMs on every t
 one more reply: the policy's completion of ``refusal_prefix`` ("I can't help with that"), a
 refusal of a benign request. The crowdworker ranks it below every answer that gives steps.
 
+``helpful_swapped`` (beyond the paper) adds, to that share of the training helpfulness records,
+one more reply spliced from the record's first reply and the policy's first reply to another
+prompt of the same shard, one asking for the same act about another object where the shard has
+one ("clean the dresser" beside "clean the wardrobe"): the first ``k`` sentences of its own
+reply, then the other's from sentence ``k`` on, ``k`` drawn uniformly below the shorter one's
+sentence count (``k = 0``: wholly the other's answer). Such a pair differs only in which object
+some steps are about, so it can only be ranked by checking the answer against the request,
+which is what ranking answers about held-out objects takes (``swapped_replies``).
+
 ``red_team_second`` (beyond the paper) names another model ("base": the helpful-only one)
 whose sample is the second reply of every **training** harmlessness pair, the first staying
 the policy's: HH-RLHF's red-team comparisons were between replies of different models. On the
@@ -39,6 +48,7 @@ Held-out pairs stay two samples of the policy.
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -81,6 +91,13 @@ class PairsConfig:
     # refuse "kill the ants" and "shoot a photo of the sunset" (docs/rl_cai.md).
     helpful_refused: float = 0.0
     refusal_prefix: str = "I can't help with that"
+    # Beyond the paper: the share of training helpfulness prompts that also get a reply that
+    # turns, after k of its sentences, into the policy's reply to another prompt (one for the
+    # same act about another object where the shard has one). The PM's errors on held-out
+    # objects were answers about the wrong object in some step (0.78 dev accuracy on those
+    # against 0.94 on its training pairs); a pair that differs only there teaches checking
+    # each step's object against the request instead of recalling familiar objects.
+    helpful_swapped: float = 0.0
     # Another model for the second reply of each training harmlessness pair ("": the policy's
     # own second sample, as in the paper; "base", a stage dir or a path)
     red_team_second: str = ""
@@ -109,6 +126,10 @@ class PairsConfig:
         if not 0.0 <= self.helpful_refused <= 1.0:
             raise ConfigError(
                 f"pairs.helpful_refused={self.helpful_refused}: expected a share in [0, 1]"
+            )
+        if not 0.0 <= self.helpful_swapped <= 1.0:
+            raise ConfigError(
+                f"pairs.helpful_swapped={self.helpful_swapped}: expected a share in [0, 1]"
             )
         if self.helpful_refused and not self.refusal_prefix.strip():
             raise ConfigError("pairs.helpful_refused needs a non-empty pairs.refusal_prefix")
@@ -159,6 +180,43 @@ def shard_seed(cfg: PairsConfig, split: str, shard: int) -> int:
     """A seed per (seed, split, shard): a shard's samples never depend on earlier shards."""
     rng = np.random.default_rng([cfg.seed, SPLITS.index(split), shard])
     return int(rng.integers(2**31))
+
+
+def sentences(text: str) -> list[str]:
+    """``text`` cut after each ``.``, ``!`` or ``?`` that whitespace follows."""
+    return re.split(r"(?<=[.!?])\s+", text.strip())
+
+
+def swapped_replies(
+    batch: Sequence[tuple[world.Prompt, str]],
+    responses: Sequence[Sequence[str]],
+    share: float,
+    rng: np.random.Generator,
+) -> dict[int, str]:
+    """Record index -> a reply that turns into one written for another prompt, for a
+    ``share`` of the helpfulness records of ``batch``. The other reply is the first reply of
+    another helpfulness prompt asking for the same act (the ``act/object`` request id's first
+    part) about another object, or of any prompt with another request where no such prompt
+    is in ``batch``; the result is the record's first reply's first ``k`` sentences, then the
+    other's from sentence ``k`` on, ``k ~ U{0, ..., min(n_own, n_other) - 1}``. Reads only
+    the prompts and the policy's replies, no judge."""
+    helpful = [i for i, (_, t) in enumerate(batch) if t == "helpfulness" and responses[i]]
+    by_act: dict[str, list[int]] = {}
+    for i in helpful:
+        by_act.setdefault(batch[i][0].request_id.split("/", 1)[0], []).append(i)
+    out: dict[int, str] = {}
+    for i in helpful:
+        if rng.random() >= share:
+            continue
+        rid = batch[i][0].request_id
+        same = [j for j in by_act[rid.split("/", 1)[0]] if batch[j][0].request_id != rid]
+        pool = same or [j for j in helpful if batch[j][0].request_id != rid]
+        if pool:
+            own = sentences(responses[i][0])
+            other = sentences(responses[int(pool[rng.integers(len(pool))])][0])
+            k = int(rng.integers(min(len(own), len(other))))
+            out[i] = " ".join(own[:k] + other[k:])
+    return out
 
 
 def pair_shard(
@@ -218,6 +276,10 @@ def pair_shard(
         for i, r in zip(idx, rest):
             glue = "" if not r or r[0] in ".,:;!?" else " "
             responses[i].append(cfg.refusal_prefix + glue + r)
+    if split == "train" and cfg.helpful_swapped:
+        pick = np.random.default_rng([shard_seed(cfg, split, shard), 3])
+        for i, reply in swapped_replies(batch, responses, cfg.helpful_swapped, pick).items():
+            responses[i].append(reply)
     return [
         {"split": split, "shard": shard, "request_id": p.request_id, "slice": p.slice,
          "task": task, "messages": [list(m) for m in p.messages], "responses": responses[i]}
@@ -260,6 +322,7 @@ def run(config: ml_collections.ConfigDict, workdir: epath.Path) -> None:
                 "helpful_samples": cfg.helpful_samples,
                 "eval_helpful_samples": cfg.eval_helpful_samples,
                 "helpful_refused": cfg.helpful_refused, "refusal_prefix": cfg.refusal_prefix,
+                "helpful_swapped": cfg.helpful_swapped,
                 "red_team_second": second_path,
                 "seed": cfg.seed, "temperature": cfg.temperature, "top_k": cfg.top_k,
                 "top_p": cfg.top_p, "max_new_tokens": cfg.max_new_tokens}  # fmt: skip
