@@ -141,9 +141,9 @@ def test_red_team_second_model_answers_second_on_training_red_team_pairs_only():
 
 
 def test_swapped_reply_is_another_objects_answer_to_the_same_act():
-    """pairs.helpful_swapped: a training helpfulness record gets the first reply of another
-    prompt, one for the same act about another object where the shard has one, else any other
-    request's; harmlessness records and held-out splits get none."""
+    """pairs.helpful_swapped: a training helpfulness record gets a reply that turns into
+    another prompt's first reply, one for the same act about another object where the shard
+    has one, else any other request's; harmlessness records and held-out splits get none."""
     import types
 
     import numpy as np
