@@ -102,14 +102,21 @@ def with_rl_half(config: ml_collections.ConfigDict, smoke: bool = False) -> None
         # dual-use requests ("kill the ants"), which was all of RL-CAI's helpfulness loss.
         # Eight replies per held-out helpful prompt: two left the PM's helpfulness accuracy on
         # 45 test pairs.
+        # A spliced reply in every training helpful record (pairs.helpful_swapped, beyond the
+        # paper): its own first sentences, then the policy's answer about another object of
+        # the same act. Without it the PM learned which objects it had seen answered, not
+        # whether an answer fits its request (with 600 PM steps, dev helpfulness 0.78 -> 0.92;
+        # docs/ai_feedback.md).
         config.pairs = pairs.stage_config(
             helpful=-1, helpful_samples=8, helpful_made_up=64, red_team_second="base",
-            helpful_refused=0.25, eval_helpful_samples=8,
+            helpful_refused=0.25, eval_helpful_samples=8, helpful_swapped=1.0,
         )  # fmt: skip
         config.feedback = feedback.stage_config(debias=True)
         # seq_len 96: the longest pair of the default run is 85 tokens. Learning rate 1e-3
-        # (dev helpfulness accuracy 0.721 against 0.702 at 3e-4 on 1,894 pairs).
-        pm_train = dict(steps=200, batch_size=32, seq_len=96, learning_rate=1e-3)
+        # (dev helpfulness accuracy 0.721 against 0.702 at 3e-4 on 1,894 pairs). 600 steps:
+        # with the spliced replies, dev helpfulness 0.77 at 200 steps and 0.92 at 600 (without
+        # them 0.77 and 0.78, and dev harmlessness 0.97 -> 0.93; docs/ai_feedback.md).
+        pm_train = dict(steps=600, batch_size=32, seq_len=96, learning_rate=1e-3)
     # Smoke: 8-token replies are never complete answers, so keep the indifferent labels.
     config.human_feedback = human_feedback.stage_config(
         tasks=("harmlessness", "helpfulness"), keep_ties=smoke
@@ -145,7 +152,11 @@ def _rl_section(smoke: bool) -> ml_collections.ConfigDict:
             iterations=4, batch_size=16, rollout_batch=16, score_batch=16, minibatch=8,
             train_batch=8, epochs=1, max_new_tokens=8, save_every=2, curve_every=2,
         )  # fmt: skip
-    return rl_cai.stage_config(helpful_made_up=64)
+    # Two red-team prompts in five per iteration (not one in two): against the 600-step PM, PPO
+    # at 0.5 refused benign requests that sound harmful (dev: 127 refused of 704 against
+    # SL-CAI's 87; helpful 0.72 -> 0.69); 0.4 kept dev harmless at 0.99 (0.3: 0.97) with
+    # helpful 0.71 and 113 refused (docs/rl_cai.md).
+    return rl_cai.stage_config(helpful_made_up=64, harmful_fraction=0.4)
 
 
 def with_rl_cai(config: ml_collections.ConfigDict, smoke: bool = False) -> None:
