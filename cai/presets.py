@@ -49,15 +49,19 @@ def with_sl_cai(config: ml_collections.ConfigDict, smoke: bool = False) -> None:
         config.sl_cai = sl_cai.stage_config(
             steps=6, batch_size=8, seq_len=64, red_team=16, helpful=16, rounds=2,
             compare_direct=True, shard_size=8, response_tokens=8, critique_tokens=8,
-            revision_tokens=8,
+            revision_tokens=8, adversarial=True, red_team_made_up=2, helpful_made_up=2,
         )  # fmt: skip
     else:
-        # 2.5 epochs over 1,024 revisions + 2,048 helpful answers at a gentle learning rate,
-        # embedding frozen: chosen on the dev split among 60/120/240 steps, lr 1e-3 and an
-        # unfrozen embedding (docs/sl_cai.md, "Choosing the fine-tune on dev").
+        # 240 steps of 32 over the revisions of 2,432 red-team prompts (every direct and
+        # adversarial form of the training requests, and 64 requests per unambiguous harmful
+        # act about made-up words) and 2,752 helpful answers (704 about made-up words), at a
+        # gentle learning rate, embedding frozen: steps, rate and freezing chosen on dev among
+        # 60/120/240 steps, lr 1e-3 and an unfrozen embedding, the prompt mix on dev against
+        # the direct phrasings alone (docs/sl_cai.md, "Choosing the fine-tune on dev").
         config.sl_cai = sl_cai.stage_config(
-            steps=240, batch_size=32, seq_len=128, rounds=4, compare_direct=True
-        )
+            steps=240, batch_size=32, seq_len=128, rounds=4, compare_direct=True,
+            adversarial=True, red_team_made_up=64, helpful_made_up=64,
+        )  # fmt: skip
         config.sl_cai.optim.update(learning_rate=3e-4, warmup_steps=10)
     config.sl_cai.optim.freeze = ("embedding",)
     config.evaluate.checkpoints = {"base": "base", "sl_cai": "sl_cai"}
@@ -218,14 +222,52 @@ def with_baselines(config: ml_collections.ConfigDict, methods: tuple[str, ...],
     config.evaluate.rl_curves = curves
 
 
+def parse_variant(arg: str | None) -> tuple[bool, int | None]:
+    """A toy-world experiment file's ``:arg``: ``smoke``, ``seed=N`` or ``smoke,seed=N``; returns
+    (smoke, training seed or None)."""
+    smoke, seed = False, None
+    for part in (arg or "").split(","):
+        if part == "smoke":
+            smoke = True
+        elif part.startswith("seed=") and part[5:].isdigit():
+            seed = int(part[5:])
+        elif part:
+            raise ValueError(f"unknown variant {arg!r}; known: smoke, seed=N, smoke,seed=N")
+    return smoke, seed
+
+
+# Seeds a training seed leaves alone: the world and its held-out split, the base model (the
+# shipped one, or its pretraining), and evaluation's draws, so that every seed is measured on
+# the same prompts with the same judge.
+_FIXED_SEEDS = ("world", "pretrain", "evaluate")
+
+
+def reseed(config: ml_collections.ConfigDict, seed: int) -> None:
+    """Set every training seed of ``config`` (top-level ``seed`` and each stage's ``seed``
+    fields, at any depth) to ``seed``, except ``_FIXED_SEEDS``: one switch for "the same recipe
+    on the same world, trained again", which the headline table's seed range is over."""
+
+    def walk(section: ml_collections.ConfigDict) -> None:
+        for key in list(section.keys()):
+            value = section[key]
+            if isinstance(value, ml_collections.ConfigDict):
+                walk(value)
+            elif key == "seed":
+                section[key] = seed
+
+    config.seed = seed
+    for key in list(config.keys()):
+        if key not in _FIXED_SEEDS and isinstance(config[key], ml_collections.ConfigDict):
+            walk(config[key])
+
+
 def baseline_experiment(
     methods: str | tuple[str, ...], arg: str | None, include_rl_cai: bool = False
 ) -> ml_collections.ConfigDict:
     """An experiment file's config: the toy-world pipeline through the RL half's data, then
-    ``methods`` (and RL-CAI itself with ``include_rl_cai``), then evaluation."""
-    if arg not in (None, "smoke"):
-        raise ValueError(f"unknown variant {arg!r}; known: smoke")
-    smoke = arg == "smoke"
+    ``methods`` (and RL-CAI itself with ``include_rl_cai``), then evaluation (``arg``: see
+    ``parse_variant``)."""
+    smoke, seed = parse_variant(arg)
     methods = (methods,) if isinstance(methods, str) else methods
     rl = ("rl_cai",) if include_rl_cai else ()
     config = toy_world(("sl_cai", *RL_HALF, *rl, "evaluate"), smoke=smoke)
@@ -234,6 +276,8 @@ def baseline_experiment(
     if include_rl_cai:
         with_rl_cai(config, smoke=smoke)
     with_baselines(config, methods, smoke=smoke)
+    if seed is not None:
+        reseed(config, seed)
     return config
 
 

@@ -8,6 +8,10 @@ then evaluation of everything on the dev and test splits.
   python -m cai.main --config=experiments/rlcai.py --workdir=runs/rlcai
   python -m cai.main --config=experiments/rlcai.py --workdir=runs/own --config.base=pretrain
   python -m cai.main --config=experiments/rlcai.py:smoke --workdir=/tmp/rlcai_smoke
+  python -m cai.main --config=experiments/rlcai.py:seed=1 --workdir=runs/rlcai_seed1
+
+``:seed=N`` trains every stage with seed N (``presets.reseed``: SL-CAI's samples and fine-tune,
+the pairs, labels, PMs and PPO) on the same world, base model and evaluation prompts.
 
 ``--config.base=pretrain`` pretrains the base model in the run (stage ``pretrain`` first)
 instead of starting from the shipped one. Label forms: ``--config.feedback.labels.debias=True``,
@@ -18,11 +22,11 @@ from cai import presets
 
 
 def get_config(arg: str | None = None):
-    if arg not in (None, "smoke"):
-        raise ValueError(f"unknown variant {arg!r}; known: smoke")
-    smoke = arg == "smoke"
+    smoke, seed = presets.parse_variant(arg)
     config = presets.toy_world(("sl_cai", *presets.RL_HALF, "rl_cai", "evaluate"), smoke=smoke)
     presets.with_sl_cai(config, smoke=smoke)
     presets.with_rl_half(config, smoke=smoke)
     presets.with_rl_cai(config, smoke=smoke)
+    if seed is not None:
+        presets.reseed(config, seed)
     return config

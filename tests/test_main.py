@@ -228,6 +228,29 @@ def test_experiment_configs_convert(repo, name, arg):
         module.get_config("nope")
 
 
+@pytest.mark.parametrize("name", ["rlcai", "baselines"])
+def test_a_training_seed_changes_every_training_seed_and_nothing_else(repo, name):
+    spec = importlib.util.spec_from_file_location(name, repo / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def flat(d, path=""):
+        for k, v in d.items():
+            yield from flat(v, f"{path}{k}.") if hasattr(v, "items") else [(f"{path}{k}", v)]
+
+    base, seeded = dict(flat(module.get_config(None))), dict(flat(module.get_config("seed=3")))
+    changed = {k for k in base if base[k] != seeded[k]}
+    seeds = {k for k in base if k.split(".")[-1] == "seed"}
+    fixed = {k for k in seeds if k.split(".")[0] in ("world", "pretrain", "evaluate")}
+    assert changed == seeds - fixed and {"sl_cai.loop.seed", "rl_cai.seed", "seed"} <= changed
+    assert all(seeded[k] == 3 for k in changed) and all(seeded[k] == 0 for k in fixed)
+    smoke = dict(flat(module.get_config("smoke,seed=2")))
+    assert smoke["pairs.seed"] == 2 and smoke["sl_cai.train.steps"] < base["sl_cai.train.steps"]
+    for bad in ("seed=x", "smoke,nope"):
+        with pytest.raises(ValueError, match="unknown variant"):
+            module.get_config(bad)
+
+
 def test_unknown_key_inside_a_section():
     with pytest.raises(ValueError, match=r"config.pretrain.train.setps: unknown key"):
         from cai.train_lib import TrainConfig

@@ -214,6 +214,35 @@ def test_bad_loop_config_is_named():
         sl_cai.LoopConfig(style="xml")
     with pytest.raises(ConfigError, match="needs sl_cai.loop.hh_rlhf_dir"):
         sl_cai.LoopConfig(prompts="hh_rlhf")
+    with pytest.raises(ConfigError, match="sl_cai.loop.adversarial is for the toy world"):
+        sl_cai.LoopConfig(prompts="hh_rlhf", hh_rlhf_dir="x", adversarial=True)
+    with pytest.raises(ConfigError, match="sl_cai.loop.helpful_made_up is for the toy world"):
+        sl_cai.LoopConfig(prompts="hh_rlhf", hh_rlhf_dir="x", helpful_made_up=4)
+    with pytest.raises(ConfigError, match="must be >= 0"):
+        sl_cai.LoopConfig(red_team_made_up=-1)
+
+
+def test_adversarial_red_team_adds_every_attack_form_of_training_requests_only():
+    direct, helpful = sl_cai.toy_prompts(W, adversarial=False)
+    both, helpful2 = sl_cai.toy_prompts(W, adversarial=True)
+    assert helpful == helpful2 and {p.slice for p in direct} == {"red_team"}
+    assert {p.slice for p in both} == {"red_team", "adversarial"}
+    assert len(both) == len(direct) * (len(world.DIRECT) + len(world.ADVERSARIAL)) // len(
+        world.DIRECT
+    )
+    assert set(direct) <= set(both)
+    held = {r.id for r in W.split("dev") + W.split("test")}
+    assert not {p.request_id for p in both} & held
+    # the reworded forms ("learn the home address of X without X knowing") are among them
+    indirect = {
+        W.by_id(p.request_id).indirect.split(" ")[0] for p in both if p.slice == "adversarial"
+    }
+    texts = " ".join(m[1] for p in both for m in p.messages)
+    assert all(word in texts for word in indirect) and "home address of" in texts
+    red, more_helpful = sl_cai.toy_prompts(W, True, red_team_made_up=4, helpful_made_up=2)
+    assert red[: len(both)] == both and len(red) == len(both) + 4 * len(world.MADE_UP_HARMFUL)
+    assert all(W.by_id(p.request_id).entity.lower() in W.made_up for p in red[len(both) :])
+    assert more_helpful[: len(helpful)] == helpful and len(more_helpful) > len(helpful)
 
 
 def test_main_runs_sl_cai_on_the_toy_world_and_resumes(tmp_path, repo):

@@ -104,6 +104,23 @@ def test_cai_prompts_never_use_held_out_requests_or_adversarial_forms(w):
     assert not any(w.by_id(p.request_id).harmful for p in world.helpful_prompts(w))
 
 
+def test_made_up_red_team_prompts_are_unambiguous_harmful_requests_about_new_words(w):
+    prompts = world.made_up_red_team_prompts(w, 16)
+    fams = {f.name for f in world.MADE_UP_HARMFUL}
+    assert fams == {"hurt", "poison", "steal", "stalk", "forge", "self_harm"}  # not build/cook
+    assert len(prompts) == 16 * len(fams) and len({p.messages for p in prompts}) == len(prompts)
+    entities = {r.entity.lower() for r in w.requests}
+    for p in prompts:
+        req = w.by_id(p.request_id)  # made-up harmful requests resolve, as benign ones do
+        assert req.harmful and req.family in fams and req.entity.lower() in w.made_up
+        assert not any(e.startswith(req.entity.lower()) for e in entities)
+        assert req.entity[0].isupper() == (req.family in ("hurt", "poison", "stalk"))
+    # both kinds of phrasing are used
+    assert {p.slice for p in prompts} == {"red_team", "adversarial"}
+    with pytest.raises(ConfigError, match="is not in the toy world"):
+        w.by_id(f"weapon/{sorted(w.made_up)[0]}")  # "build a zukova" reads as the benign act
+
+
 def test_corpus_never_contains_a_held_out_request(w, docs):
     everything = "\n".join(docs)
     for split in ("dev", "test"):

@@ -59,6 +59,13 @@ class LoopConfig:
     # only the vendored test-split sample names its files in hh_rlhf_as_train.
     hh_rlhf_as_train: tuple[str, ...] = ()
     red_team: int = -1  # red-team prompts used (-1: all)
+    # toy world: also the adversarial forms of the training requests (world.attack_prompts),
+    # as red-teamers write them; otherwise the direct phrasings only (world.red_team_prompts)
+    adversarial: bool = False
+    # toy world: red-team requests about made-up words per harmful act that allows one
+    # (world.made_up_red_team_prompts), and helpful ones per benign act (world.helpful_prompts)
+    red_team_made_up: int = 0
+    helpful_made_up: int = 0
     helpful: int = -1  # helpful prompts sampled for the SFT mix (-1: all, 0: none)
     rounds: int = 4
     direct: bool = False  # the direct-revision variant: revise without a critique
@@ -85,6 +92,30 @@ class LoopConfig:
             raise ConfigError("sl_cai.loop.rounds and sl_cai.loop.shard_size must be positive")
         if self.prompts == "hh_rlhf" and not self.hh_rlhf_dir:
             raise ConfigError("sl_cai.loop.prompts=hh_rlhf needs sl_cai.loop.hh_rlhf_dir")
+        toy_only = [n for n in ("adversarial", "red_team_made_up", "helpful_made_up")
+                    if getattr(self, n)]  # fmt: skip
+        if self.prompts == "hh_rlhf" and toy_only:
+            raise ConfigError(
+                f"sl_cai.loop.{toy_only[0]} is for the toy world's prompts; HH-RLHF's prompts "
+                "are what they are"
+            )
+        if self.red_team_made_up < 0 or self.helpful_made_up < 0:
+            raise ConfigError("sl_cai.loop.red_team_made_up and helpful_made_up must be >= 0")
+
+
+def toy_prompts(
+    w: world.World, adversarial: bool = False, red_team_made_up: int = 0, helpful_made_up: int = 0
+) -> tuple[list[world.Prompt], list[world.Prompt]]:
+    """The toy world's red-team prompts (training requests: every direct phrasing, with
+    ``adversarial`` every adversarial form too; then ``red_team_made_up`` requests per harmful
+    act about made-up words) and its helpful prompts (``helpful_made_up`` per benign act about
+    made-up words). The adversarial forms matter because some say the act in other words
+    ("learn the home address of X without X knowing"), and the made-up words because a model
+    fine-tuned on refusals of a few named victims recalls them instead of copying an unseen one
+    (docs/sl_cai.md). No held-out entity appears in either list."""
+    attack = world.attack_prompts if adversarial else world.red_team_prompts
+    red = [*attack(w), *world.made_up_red_team_prompts(w, red_team_made_up)]
+    return red, list(world.helpful_prompts(w, made_up_per_family=helpful_made_up))
 
 
 def stage_config(
@@ -236,7 +267,9 @@ def run(config: ml_collections.ConfigDict, workdir: epath.Path) -> None:
 
     if cfg.prompts == "toy_world":
         w = world.generate(configs.to_dataclass(world.WorldConfig, config.world, "world"))
-        red_team, helpful = list(world.red_team_prompts(w)), list(world.helpful_prompts(w))
+        red_team, helpful = toy_prompts(
+            w, cfg.adversarial, cfg.red_team_made_up, cfg.helpful_made_up
+        )
     else:
         red_team, helpful = hh_rlhf_prompts(workdir, cfg)
     red_team = stage_lib.take(red_team, cfg.red_team, cfg.seed)

@@ -357,8 +357,9 @@ class World:
         if entity in self._borrowable.get(family, ()):
             return make_request(FAMILY_BY_NAME[family], entity)
         fam = FAMILY_BY_NAME.get(family)
-        if fam is not None and fam.kind == "benign" and entity.lower() in self.made_up:
-            return make_request(fam, entity)
+        if fam is not None and entity.lower() in self.made_up:
+            if fam.kind == "benign" or fam in MADE_UP_HARMFUL:
+                return make_request(fam, entity)
         raise ConfigError(f"request id {request_id!r} is not in the toy world")
 
     @functools.cached_property
@@ -610,6 +611,40 @@ def made_up_words(world: World, n: int) -> list[str]:
             seen.add(word)
             out.append(word)
     return out
+
+
+# Harmful acts a made-up object can be asked about without the request reading as a benign one:
+# "hurt Zukova" can only be violence, but "build a zukova" is the weapon's act and the benign
+# build's alike (and "cook zukova at home" the drug's and the cook's), so those two are left out.
+MADE_UP_HARMFUL = tuple(
+    f
+    for f in FAMILIES
+    if f.kind != "benign" and not any(b.kind == "benign" and b.act == f.act for b in FAMILIES)
+)
+
+
+def made_up_red_team_prompts(world: World, per_family: int) -> tuple[Prompt, ...]:
+    """``per_family`` harmful requests per act of ``MADE_UP_HARMFUL`` about made-up words ("How
+    do I hurt Zukova?"), each in one phrasing, rotating through the direct and adversarial
+    forms. A model fine-tuned on refusals of a few dozen named victims learns to recall them
+    ("hurting oneself with a dart" for "hurt Dale"); refusals of objects nobody has seen can
+    only be written by copying the request, which is what an unseen victim needs. No world
+    entity, held out or not, shares a prefix with a made-up word (``made_up_words``)."""
+    words = sorted(world.made_up)
+    rng = random.Random("red-team-made-up")
+    out: list[Prompt] = []
+    forms = len(DIRECT) + len(ADVERSARIAL)
+    for fam in MADE_UP_HARMFUL:
+        upper = fam.entities[0][0].isupper()
+        for i, word in enumerate(rng.sample(words, per_family)):
+            req = make_request(fam, word.capitalize() if upper else word)
+            j = i % forms
+            out.append(
+                direct_prompt(req, j, "red_team")
+                if j < len(DIRECT)
+                else adversarial_prompt(req, j - len(DIRECT))
+            )
+    return tuple(out)
 
 
 def helpful_prompts(
