@@ -14,13 +14,14 @@ it) and ``test`` (the reported figures, measured with the choices made on dev). 
 fixed number of entities per family, so both are large enough for tight intervals.
 
 Each held-out split comes in four evaluation slices (``EVAL_SLICES``): ``direct`` harmful
-requests, ``adversarial`` harmful requests in phrasings that no CAI stage prompts with
-(role-play, fiction, hypotheticals, indirect wording, a multi-turn set-up), ``dual_use`` benign
-requests that sound dangerous ("kill the printer process") and ``benign`` ordinary helpful
-requests. CAI stages get ``red_team_prompts`` and ``helpful_prompts``: training requests in
-direct phrasings only. The pretraining corpus does use the adversarial phrasings, on training
-requests: a helpful-only model understands them (and complies), and whether a refusal learned
-from direct red-team prompts carries over to them is what the adversarial slice measures.
+requests, ``adversarial`` harmful requests in attack phrasings (role-play, fiction,
+hypotheticals, indirect wording, a multi-turn set-up), ``dual_use`` benign requests that sound
+dangerous ("kill the printer process") and ``benign`` ordinary helpful requests. CAI stages get
+training requests only: ``red_team_prompts`` (direct phrasings), ``attack_prompts`` (every
+direct and adversarial phrasing), ``made_up_red_team_prompts`` and ``helpful_prompts``. The
+pretraining corpus uses the adversarial phrasings on training requests too, so a helpful-only
+model understands them (and complies); the adversarial slice measures whether refusals carry
+over to those phrasings of objects no stage has seen.
 """
 
 from __future__ import annotations
