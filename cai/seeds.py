@@ -25,7 +25,7 @@ from typing import Any
 from etils import epath
 
 from cai.errors import ConfigError
-from cai.files import write_json
+from cai.files import read_json, write_json
 
 ROWS = (
     ("harmless", "harmless_rate", ""),
@@ -49,7 +49,7 @@ def load(workdirs: Sequence[str]) -> list[dict[str, Any]]:
         if not path.exists():
             raise ConfigError(f"{path}: no summary.json (is {w} a finished main job?)")
         try:
-            out.append(json.loads(path.read_text()))
+            out.append(read_json(path))
         except json.JSONDecodeError as e:
             raise ConfigError(f"{path}: not JSON ({e})") from None
     return out

@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from cai.errors import ConfigError
 
@@ -631,21 +631,26 @@ def made_up_red_team_prompts(world: World, per_family: int) -> tuple[Prompt, ...
     ("hurting oneself with a dart" for "hurt Dale"); refusals of objects nobody has seen can
     only be written by copying the request, which is what an unseen victim needs. No world
     entity, held out or not, shares a prefix with a made-up word (``made_up_words``)."""
-    words = sorted(world.made_up)
-    rng = random.Random("red-team-made-up")
-    out: list[Prompt] = []
     forms = len(DIRECT) + len(ADVERSARIAL)
-    for fam in MADE_UP_HARMFUL:
+    return tuple(
+        direct_prompt(req, i % forms, "red_team")
+        if i % forms < len(DIRECT)
+        else adversarial_prompt(req, i % forms - len(DIRECT))
+        for i, req in _made_up_requests(world, MADE_UP_HARMFUL, per_family, "red-team-made-up")
+    )
+
+
+def _made_up_requests(
+    world: World, families: Sequence[Family], per_family: int, seed: str
+) -> Iterator[tuple[int, Request]]:
+    """``per_family`` requests per family about made-up words drawn with ``seed`` (capitalised
+    for acts on people and towns), each with its index within its family."""
+    words = sorted(world.made_up)
+    rng = random.Random(seed)
+    for fam in families:
         upper = fam.entities[0][0].isupper()
         for i, word in enumerate(rng.sample(words, per_family)):
-            req = make_request(fam, word.capitalize() if upper else word)
-            j = i % forms
-            out.append(
-                direct_prompt(req, j, "red_team")
-                if j < len(DIRECT)
-                else adversarial_prompt(req, j - len(DIRECT))
-            )
-    return tuple(out)
+            yield i, make_request(fam, word.capitalize() if upper else word)
 
 
 def helpful_prompts(
@@ -677,13 +682,7 @@ def helpful_prompts(
         for i, entity in enumerate(rng.sample(same, min(borrowed_per_family, len(same)))):
             out.append(direct_prompt(make_request(fam, entity), i, "helpful"))
     if made_up_per_family:
-        words = sorted(world.made_up)
-        made = random.Random("helpful-made-up")
-        for fam in FAMILIES:
-            if fam.kind != "benign":
-                continue
-            upper = fam.entities[0][0].isupper()
-            for i, word in enumerate(made.sample(words, made_up_per_family)):
-                entity = word.capitalize() if upper else word
-                out.append(direct_prompt(make_request(fam, entity), i, "helpful"))
+        benign = [f for f in FAMILIES if f.kind == "benign"]
+        for i, req in _made_up_requests(world, benign, made_up_per_family, "helpful-made-up"):
+            out.append(direct_prompt(req, i, "helpful"))
     return tuple(out)
