@@ -155,12 +155,18 @@ def _rl_section(smoke: bool) -> ml_collections.ConfigDict:
         return rl_cai.stage_config(
             iterations=4, batch_size=16, rollout_batch=16, score_batch=16, minibatch=8,
             train_batch=8, epochs=1, max_new_tokens=8, save_every=2, curve_every=2,
+            red_team_made_up=2,
         )  # fmt: skip
     # Two red-team prompts in five per iteration (not one in two): against the 600-step PM, PPO
     # at 0.5 refused benign requests that sound harmful (dev: 127 refused of 704 against
     # SL-CAI's 87; helpful 0.72 -> 0.69); 0.4 kept dev harmless at 0.99 (0.3: 0.97) with
-    # helpful 0.71 and 113 refused (docs/rl_cai.md).
-    return rl_cai.stage_config(helpful_made_up=64, harmful_fraction=0.4)
+    # helpful 0.71 and 113 refused (docs/rl_cai.md). lr 3e-5, not 1e-5, and red-team prompts
+    # about made-up words (dev, one run each, 2026-12-05): at 1e-5 PPO moved nothing (harmless
+    # 0.991, helpful 0.839, adversarial explained refusals 0.838); 3e-5 gave 0.988 / 0.855 /
+    # 0.844, 1e-4 0.994 / 0.820 / 0.840, 3e-5 with the made-up prompts 0.996 / 0.849 / 0.850.
+    return rl_cai.stage_config(
+        helpful_made_up=64, harmful_fraction=0.4, red_team_made_up=64, learning_rate=3e-5
+    )
 
 
 def with_rl_cai(config: ml_collections.ConfigDict, smoke: bool = False) -> None:

@@ -304,12 +304,19 @@ def test_probe_replies_are_of_their_kind_and_rankings_counted():
     for messages, replies in items:
         req = next(r for r in w.split("dev") if r.act in messages[0][1])
         assert judge(req, replies["complied"]).harmful
-        for kind in ("explained", "deflected", "evasive"):
+        for kind in ("explained", "deflected", "evasive", "misnamed"):
             assert not judge(req, replies[kind]).harmful, kind
         assert req.act not in replies["deflected"]
+        assert judge(req, replies["explained"]).explained
+        misnamed = judge(req, replies["misnamed"])
+        assert misnamed.refused and not misnamed.explained
+    # the same items on every call: a cached probe is scored against them
+    again = evaluation.probe_items(w, "dev", n=16)
+    assert [r for _, r in again] == [r for _, r in items]
     scores = {"explained": [3, 1, 2, 0], "deflected": [1, 2, 2, 0], "complied": [0, 0, 0, 0],
-              "evasive": [5, 5, 5, 5]}  # fmt: skip
+              "evasive": [5, 5, 5, 5], "misnamed": [3, 0, 0, 1]}  # fmt: skip
     fig = evaluation.probe_figures(scores)
+    assert fig["explained_over_misnamed"] == (0.5 + 1 + 1 + 0) / 4
     assert fig["n"] == 4 and fig["explained_over_deflected"] == (1 + 0 + 0.5 + 0.5) / 4
     assert fig["explained_over_complied"] == (1 + 1 + 1 + 0.5) / 4
     assert fig["explained_over_evasive"] == 0.0 and fig["deflected_over_complied"] == 0.875

@@ -227,3 +227,19 @@ def test_draw_prompts_is_pure_in_the_iteration_and_mixes_the_pools():
     assert len(rloo) == 64 and len({p.messages for p in rloo}) == 16
     assert all(rloo[i] == rloo[i - i % 4] for i in range(64))
     assert sum(p.slice != "helpful" for p in rloo) == 16  # 4 of the 16 prompts, 4 times each
+
+
+def test_red_team_made_up_adds_requests_about_new_words_to_the_red_team_pool():
+    w = world.generate(world.WorldConfig(seed=0))
+    red, helpful = rl_cai.toy_prompts(w, red_team_made_up=4)
+    plain, same_helpful = rl_cai.toy_prompts(w)
+    assert helpful == same_helpful and red[: len(plain)] == plain
+    extra = red[len(plain) :]
+    assert len(extra) == 4 * len(world.MADE_UP_HARMFUL)
+    for p in extra:
+        req = w.by_id(p.request_id)
+        assert req.harmful and req.entity.lower() in w.made_up
+    with pytest.raises(ConfigError, match="rl_cai.red_team_made_up=-1"):
+        rl_cai.RLConfig(red_team_made_up=-1)
+    with pytest.raises(ConfigError, match="rl_cai.red_team_made_up: made-up words"):
+        rl_cai.RLConfig(red_team_made_up=2, prompts="hh_rlhf", hh_rlhf_dir="x")

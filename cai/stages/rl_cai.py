@@ -88,6 +88,7 @@ class RLConfig:
     hh_rlhf_as_train: tuple[str, ...] = ()  # see sl_cai.loop.hh_rlhf_as_train
     harmful_fraction: float = 0.5  # red-team share of each iteration's prompts
     helpful_made_up: int = 0  # helpful prompts about made-up objects per benign act
+    red_team_made_up: int = 0  # red-team prompts about made-up words per world.MADE_UP_HARMFUL act
     iterations: int = 60
     batch_size: int = 64  # rollouts per iteration
     rollout_batch: int = 64  # rows per generation call
@@ -154,6 +155,11 @@ class RLConfig:
             raise ConfigError(f"rl_cai.temperature={self.temperature}: PPO needs sampling (> 0)")
         if not 0.0 <= self.harmful_fraction <= 1.0:
             raise ConfigError(f"rl_cai.harmful_fraction={self.harmful_fraction}: not in [0, 1]")
+        for name in ("helpful_made_up", "red_team_made_up"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"rl_cai.{name}={getattr(self, name)}: must be >= 0")
+            if getattr(self, name) and self.prompts != "toy_world":
+                raise ConfigError(f"rl_cai.{name}: made-up words are the toy world's, not hh_rlhf")
 
     def controller(self) -> ppo.KLController:
         if self.kl_kind == "fixed":
@@ -180,11 +186,16 @@ def stage_config(
 # ----------------------------------------------------------------------------- prompts
 
 
-def toy_prompts(w: world.World, made_up: int = 0) -> tuple[list[world.Prompt], list[world.Prompt]]:
+def toy_prompts(
+    w: world.World, made_up: int = 0, red_team_made_up: int = 0
+) -> tuple[list[world.Prompt], list[world.Prompt]]:
     """(red-team, helpful) training prompts: harmful training requests in every direct and
-    adversarial phrasing, and the helpful prompts SL-CAI used, plus ``made_up`` per benign act
-    about made-up objects. No held-out entity."""
-    return list(world.attack_prompts(w)), list(world.helpful_prompts(w, made_up_per_family=made_up))
+    adversarial phrasing, plus ``red_team_made_up`` per act of ``world.MADE_UP_HARMFUL`` about
+    made-up words (a victim or object no training refusal named, as a held-out one is unseen);
+    and the helpful prompts SL-CAI used, plus ``made_up`` per benign act about made-up objects.
+    No held-out entity."""
+    red = [*world.attack_prompts(w), *world.made_up_red_team_prompts(w, red_team_made_up)]
+    return red, list(world.helpful_prompts(w, made_up_per_family=made_up))
 
 
 def hh_rlhf_prompts(
@@ -537,7 +548,7 @@ def run(config: ml_collections.ConfigDict, workdir: epath.Path, name: str = "rl_
 
     if cfg.prompts == "toy_world":
         w = world.generate(configs.to_dataclass(world.WorldConfig, config.world, "world"))
-        red, helpful = toy_prompts(w, cfg.helpful_made_up)
+        red, helpful = toy_prompts(w, cfg.helpful_made_up, cfg.red_team_made_up)
     else:
         red, helpful = hh_rlhf_prompts(workdir, cfg)
     loaded = stage_lib.load_model(init, mesh, f"{name}.init_from")
