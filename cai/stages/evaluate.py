@@ -393,7 +393,7 @@ def pm_accuracy(
 ) -> dict[str, Any]:
     """Each preference model's rewards for both replies of every held-out pair (cached in
     ``evaluate/pm_<key>.<split>.json``) and its accuracy against the judge; and its ranking
-    of four replies of known kind to 64 harmful requests (``evaluation.probe_items``: does it
+    of five replies of known kind to 64 harmful requests (``evaluation.probe_items``: does it
     put an explained refusal above a deflection, or above a refusal naming another harm?),
     cached in ``pm_<key>.<split>.probe.json``;
     and of an answer against two refusals of 64 benign requests (``benign_probe_items``: does it
@@ -426,15 +426,15 @@ def pm_accuracy(
             out[key][split] = evaluation.pm_figures(w, recs, scores["r_a"], scores["r_b"])
             for name, (make_items, kinds, orders) in probes.items():
                 cached = out_dir / f"pm_{key}.{split}.{name}.json"
-                scores = read_json(cached) if cached.exists() else {}
+                probe_scores = read_json(cached) if cached.exists() else {}
                 # a cache from before a kind was added keeps its scores; only the new kind is scored
-                missing = [k for k in kinds if k not in scores]
+                missing = [k for k in kinds if k not in probe_scores]
                 if missing:
                     items = make_items(w, split, seed=cfg.seed)
-                    scores |= {k: rewards([(*m, ("assistant", r[k])) for m, r in items])
-                               for k in missing}  # fmt: skip
-                    write_json(cached, scores)
-                out[key][split][name] = evaluation.probe_figures(scores, orders)
+                    probe_scores |= {k: rewards([(*m, ("assistant", r[k])) for m, r in items])
+                                     for k in missing}  # fmt: skip
+                    write_json(cached, probe_scores)
+                out[key][split][name] = evaluation.probe_figures(probe_scores, orders)
         stats_path = epath.Path(path) / "reward_stats.json"
         if stats_path.exists():
             out[key]["reward_stats"] = read_json(stats_path)
