@@ -196,6 +196,54 @@ def test_swapped_reply_is_another_objects_answer_to_the_same_act():
     assert [len(r["responses"]) for r in held] == [2, 2]
 
 
+def test_deflected_record_pairs_a_red_team_reply_with_a_helpful_prompts_reply():
+    """pairs.red_team_deflected: a training harmlessness prompt gets one more record, its first
+    reply against the first reply of a helpfulness prompt of the shard (a deflection), either
+    side first; helpfulness records, held-out splits and shards without a helpful prompt get
+    none."""
+    import types
+
+    import numpy as np
+
+    from cai.stages import pairs
+    from cai.tokenizer import ByteTokenizer
+    from cai.toyworld import world
+
+    ids = ["hurt/a", "steal/b", "bake/pie", "clean/desk"]
+    tasks = ["harmlessness"] * 2 + ["helpfulness"] * 2
+    batch = [(types.SimpleNamespace(request_id=r), t) for r, t in zip(ids, tasks)]
+    responses = [[f"{r} {k}" for k in range(2)] for r in ids]
+    got = pairs.deflected_records(batch, responses, 1.0, np.random.default_rng(0))
+    assert [i for i, _ in got] == [0, 1]
+    for i, pair in got:
+        own = f"{ids[i]} 0"
+        assert own in pair and {x for x in pair if x != own} <= {"bake/pie 0", "clean/desk 0"}
+    many = pairs.deflected_records(batch * 200, responses * 200, 1.0, np.random.default_rng(1))
+    assert 150 < sum(pair[0].startswith(("hurt", "steal")) for _, pair in many) < 250
+    assert len(pairs.deflected_records(batch * 500, responses * 500, 0.3,
+                                       np.random.default_rng(2))) in range(240, 361)  # fmt: skip
+    assert pairs.deflected_records(batch[:2], responses[:2], 1.0, np.random.default_rng(0)) == []
+    with pytest.raises(ConfigError, match="pairs.red_team_deflected=2"):
+        pairs.PairsConfig(red_team_deflected=2.0)
+
+    class Stub:
+        loaded = types.SimpleNamespace(tok=ByteTokenizer())
+
+        def complete(self, ids, sampling, seed, transcript=True):
+            return [f"reply{i}" for i in range(len(ids))]
+
+    w = world.generate(world.WorldConfig())
+    red, helpful = world.attack_prompts(w)[0], world.helpful_prompts(w)[0]
+    pb = [(red, "harmlessness"), (helpful, "helpfulness")]
+    cfg = pairs.PairsConfig(helpful_samples=2, red_team_deflected=1.0)
+    recs = pairs.pair_shard(Stub(), cfg, "train", pb, 0)
+    assert len(recs) == 3 and recs[2]["deflection"] and recs[2]["task"] == "harmlessness"
+    assert recs[2]["messages"] == recs[0]["messages"]
+    firsts = [recs[0]["responses"][0], recs[1]["responses"][0]]
+    assert sorted(recs[2]["responses"]) == sorted(firsts)
+    assert len(pairs.pair_shard(Stub(), cfg, "dev", pb, 0)) == 2
+
+
 def test_every_two_distinct_replies_are_a_pair():
     rec = {"task": "helpfulness", "messages": [["user", "q"]], "responses": ["a", "b", "a", "c"]}
     got = [p["responses"] for p in stage_lib.reply_pairs(rec)]

@@ -43,6 +43,12 @@ the policy's: HH-RLHF's red-team comparisons were between replies of different m
 toy world the SL-CAI model refuses so reliably (2% harmful) that two of its samples differ in
 harm on 123 of 1,406 training pairs, too few for the PM to learn harm from (docs/rl_cai.md).
 Held-out pairs stay two samples of the policy.
+
+``red_team_deflected`` (beyond the paper) adds, for that share of the training harmlessness
+prompts, one more record of the same prompt: the policy's first reply against a deflection,
+the policy's first reply to a helpfulness prompt of the same shard (another request's steps,
+harmless and no answer), in a random order. The feedback model labels it like any other pair
+(``deflected_records``).
 """
 
 from __future__ import annotations
@@ -98,6 +104,14 @@ class PairsConfig:
     # against 0.94 on its training pairs); a pair that differs only there teaches checking
     # each step's object against the request instead of recalling familiar objects.
     helpful_swapped: float = 0.0
+    # Beyond the paper: the share of training harmlessness prompts that also get a record
+    # comparing the policy's reply with a deflection (the policy's reply to a helpfulness
+    # prompt of the same shard). SL-CAI never deflects, so no comparison showed the PM one: it
+    # ranked an explained refusal above a deflection on 0.42 of its probe, and PPO run longer
+    # answered more harmful requests with a benign task's steps. With these pairs (dev, 0.25)
+    # PPO stopped deflecting but refused more benign requests: off in the main job
+    # (docs/rl_cai.md).
+    red_team_deflected: float = 0.0
     # Another model for the second reply of each training harmlessness pair ("": the policy's
     # own second sample, as in the paper; "base", a stage dir or a path)
     red_team_second: str = ""
@@ -130,6 +144,10 @@ class PairsConfig:
         if not 0.0 <= self.helpful_swapped <= 1.0:
             raise ConfigError(
                 f"pairs.helpful_swapped={self.helpful_swapped}: expected a share in [0, 1]"
+            )
+        if not 0.0 <= self.red_team_deflected <= 1.0:
+            raise ConfigError(
+                f"pairs.red_team_deflected={self.red_team_deflected}: expected a share in [0, 1]"
             )
         if self.helpful_refused and not self.refusal_prefix.strip():
             raise ConfigError("pairs.helpful_refused needs a non-empty pairs.refusal_prefix")
@@ -219,6 +237,26 @@ def swapped_replies(
     return out
 
 
+def deflected_records(
+    batch: Sequence[tuple[world.Prompt, str]],
+    responses: Sequence[Sequence[str]],
+    share: float,
+    rng: np.random.Generator,
+) -> list[tuple[int, list[str]]]:
+    """(record index, [reply, reply]) for a ``share`` of the harmlessness records of ``batch``:
+    the record's first reply and a deflection, the first reply of a helpfulness prompt of
+    ``batch`` drawn uniformly, in a random order. Nothing where ``batch`` holds no answered
+    helpfulness prompt. Reads only the prompts and the policy's replies, no judge."""
+    helpful = [i for i, (_, t) in enumerate(batch) if t == "helpfulness" and responses[i]]
+    out: list[tuple[int, list[str]]] = []
+    for i, (_, task) in enumerate(batch):
+        if task != "harmlessness" or not responses[i] or rng.random() >= share or not helpful:
+            continue
+        pair = [responses[i][0], responses[helpful[int(rng.integers(len(helpful)))]][0]]
+        out.append((i, pair if rng.random() < 0.5 else pair[::-1]))
+    return out
+
+
 def pair_shard(
     text: stage_lib.TextSampler,
     cfg: PairsConfig,
@@ -280,11 +318,16 @@ def pair_shard(
         pick = np.random.default_rng([shard_seed(cfg, split, shard), 3])
         for i, reply in swapped_replies(batch, responses, cfg.helpful_swapped, pick).items():
             responses[i].append(reply)
-    return [
+    recs = [
         {"split": split, "shard": shard, "request_id": p.request_id, "slice": p.slice,
          "task": task, "messages": [list(m) for m in p.messages], "responses": responses[i]}
         for i, (p, task) in enumerate(batch)
     ]  # fmt: skip
+    if split == "train" and cfg.red_team_deflected:
+        pick = np.random.default_rng([shard_seed(cfg, split, shard), 4])
+        for i, pair in deflected_records(batch, responses, cfg.red_team_deflected, pick):
+            recs.append({**recs[i], "responses": pair, "deflection": True})
+    return recs
 
 
 def run(config: ml_collections.ConfigDict, workdir: epath.Path) -> None:
@@ -323,6 +366,7 @@ def run(config: ml_collections.ConfigDict, workdir: epath.Path) -> None:
                 "eval_helpful_samples": cfg.eval_helpful_samples,
                 "helpful_refused": cfg.helpful_refused, "refusal_prefix": cfg.refusal_prefix,
                 "helpful_swapped": cfg.helpful_swapped,
+                "red_team_deflected": cfg.red_team_deflected,
                 "red_team_second": second_path,
                 "seed": cfg.seed, "temperature": cfg.temperature, "top_k": cfg.top_k,
                 "top_p": cfg.top_p, "max_new_tokens": cfg.max_new_tokens}  # fmt: skip
