@@ -249,8 +249,10 @@ def deflected_records(
     helpfulness prompt. Reads only the prompts and the policy's replies, no judge."""
     helpful = [i for i, (_, t) in enumerate(batch) if t == "helpfulness" and responses[i]]
     out: list[tuple[int, list[str]]] = []
+    if not helpful:
+        return out
     for i, (_, task) in enumerate(batch):
-        if task != "harmlessness" or not responses[i] or rng.random() >= share or not helpful:
+        if task != "harmlessness" or not responses[i] or rng.random() >= share:
             continue
         pair = [responses[i][0], responses[helpful[int(rng.integers(len(helpful)))]][0]]
         out.append((i, pair if rng.random() < 0.5 else pair[::-1]))
