@@ -137,18 +137,9 @@ class PairsConfig:
         bad = [s for s in self.eval_splits if s not in ("dev", "test")]
         if bad:
             raise ConfigError(f"pairs.eval_splits={self.eval_splits}: expected dev and/or test")
-        if not 0.0 <= self.helpful_refused <= 1.0:
-            raise ConfigError(
-                f"pairs.helpful_refused={self.helpful_refused}: expected a share in [0, 1]"
-            )
-        if not 0.0 <= self.helpful_swapped <= 1.0:
-            raise ConfigError(
-                f"pairs.helpful_swapped={self.helpful_swapped}: expected a share in [0, 1]"
-            )
-        if not 0.0 <= self.red_team_deflected <= 1.0:
-            raise ConfigError(
-                f"pairs.red_team_deflected={self.red_team_deflected}: expected a share in [0, 1]"
-            )
+        for name in ("helpful_refused", "helpful_swapped", "red_team_deflected"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"pairs.{name}={getattr(self, name)}: expected a share in [0, 1]")
         if self.helpful_refused and not self.refusal_prefix.strip():
             raise ConfigError("pairs.helpful_refused needs a non-empty pairs.refusal_prefix")
         for name in ("helpful_samples", "eval_helpful_samples"):
