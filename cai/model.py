@@ -317,13 +317,29 @@ def rope_frequencies(cfg: ModelConfig) -> jax.Array:
     return freq
 
 
-def apply_rope(x: jax.Array, positions: jax.Array, freq: jax.Array) -> jax.Array:
-    """Rotary embedding, "rotate half" layout (HF Llama): x [B, T, N, H], positions [B, T],
-    freq [H/2] from ``rope_frequencies``."""
-    half = x.shape[-1] // 2
+def rope_angles(positions: jax.Array, freq: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(sin, cos) of the rotary angles, each [B, T, 1, H/2], for positions [B, T] and freq
+    [H/2] from ``rope_frequencies``. Computed once per forward and shared by every layer's
+    queries and keys: left inside each layer, XLA:CPU fused the sin/cos into all 2·L rotations
+    and evaluated them per head and element (~0.7 ms each on the rl_step PM's batch)."""
     angle = positions[..., None].astype(jnp.float32) * freq  # [B, T, H/2]
-    sin = jnp.sin(angle)[:, :, None, :]  # [B, T, 1, H/2]
-    cos = jnp.cos(angle)[:, :, None, :]
+    both = jnp.stack([jnp.sin(angle), jnp.cos(angle)])[:, :, :, None, :]  # [2, B, T, 1, H/2]
+    both = _unfused(both)
+    return both[0], both[1]
+
+
+def _unfused(x: jax.Array) -> jax.Array:
+    """``x``, computed once: XLA:CPU strips ``optimization_barrier`` before fusing and would
+    fuse an elementwise producer into (and recompute it in) every consumer; a reduction's
+    output is written to memory. The sum over a pair (x, −0·x) is x exactly."""
+    return jnp.sum(jnp.stack([x, x * -0.0]), axis=0)
+
+
+def apply_rope(x: jax.Array, rope: tuple[jax.Array, jax.Array]) -> jax.Array:
+    """Rotary embedding, "rotate half" layout (HF Llama): x [B, T, N, H], rope = (sin, cos)
+    from ``rope_angles``."""
+    sin, cos = rope
+    half = x.shape[-1] // 2
     x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
     out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
     return out.astype(x.dtype)
@@ -359,7 +375,7 @@ class Attention(nn.Module):
     def __call__(
         self,
         x: jax.Array,
-        positions: jax.Array,
+        rope: tuple[jax.Array, jax.Array] | None,
         attn_mask: jax.Array,
         cache_kv: tuple[jax.Array, jax.Array] | None,
         index: jax.Array | None,
@@ -385,8 +401,8 @@ class Attention(nn.Module):
         k = constrain(k, ("batch", "length", "act_kv_heads", None))
         v = constrain(v, ("batch", "length", "act_kv_heads", None))
         if cfg.position == "rope":
-            q = apply_rope(q, positions, rope_frequencies(cfg))
-            k = apply_rope(k, positions, rope_frequencies(cfg))
+            q = apply_rope(q, rope)
+            k = apply_rope(k, rope)
 
         scale = cfg.query_scale or 1.0 / math.sqrt(H)
         q = (q * scale).reshape(B, T, K, G, H)  # [B, T, K, G, H]
@@ -460,14 +476,14 @@ class Block(nn.Module):
     def __call__(
         self,
         x: jax.Array,
-        positions: jax.Array,
+        rope: tuple[jax.Array, jax.Array] | None,
         attn_mask: jax.Array,
         cache_kv: tuple[jax.Array, jax.Array] | None,
         index: jax.Array | None,
     ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
         cfg = self.cfg
         h, new_kv = Attention(cfg, name="attn")(
-            Norm(cfg, name="attn_norm")(x), positions, attn_mask, cache_kv, index
+            Norm(cfg, name="attn_norm")(x), rope, attn_mask, cache_kv, index
         )
         if cfg.post_norms:
             h = Norm(cfg, name="attn_post_norm")(h)
@@ -560,11 +576,12 @@ class Transformer(nn.Module):
             x = x + jnp.take(self.pos_embedding, positions, axis=0).astype(cfg.compute_dtype)
         x = constrain(x, ("batch", "length", "act_embed"))
 
+        rope = rope_angles(positions, rope_frequencies(cfg)) if cfg.position == "rope" else None
         new_k, new_v = [], []
         for i, layer in enumerate(self.layers):
             kv = None if cache is None else (cache.k[i], cache.v[i])
             local = cfg.sliding_window and (i + 1) % cfg.sliding_window_pattern != 0
-            x, kv = layer(x, positions, local_mask if local else attn_mask, kv, index)
+            x, kv = layer(x, rope, local_mask if local else attn_mask, kv, index)
             if kv is not None:
                 new_k.append(kv[0])
                 new_v.append(kv[1])

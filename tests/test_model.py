@@ -122,3 +122,15 @@ def test_num_params_matches_init():
         lambda: nn.unbox(Transformer(cfg).init(jax.random.key(0), jnp.zeros((1, 1), int)))
     )
     assert sum(x.size for x in jax.tree.leaves(params)) == cfg.num_params()
+
+
+def test_rope_angles_are_computed_once_per_forward():
+    """Every layer's queries and keys share one sin and one cos (``model.rope_angles``): left to
+    itself XLA:CPU fused them into each rotation and evaluated them per head and element."""
+    cfg = dataclasses.replace(BASE, n_layers=3)
+    model = Transformer(cfg)
+    tokens = jnp.ones((2, 8), jnp.int32)
+    params = model.init(jax.random.PRNGKey(0), tokens)["params"]
+    hlo = jax.jit(lambda p, t: model.apply({"params": p}, t).logits).lower(params, tokens)
+    text = hlo.compile().as_text()
+    assert text.count(" sine(") == 1 and text.count(" cosine(") == 1, "sin/cos recomputed"
