@@ -8,7 +8,9 @@ slower alone, no rewrite of the step around it can close that part of the gap.
 Shapes (M x K x N, M = tokens): the projections of ``benchmarks/rl_step.py``'s PM step (32 rows
 of 49 tokens, d_model 128, MLP 384) and of ``benchmarks/train_step.py``'s llama_19m row (8 rows
 of 257 tokens, d_model 384, MLP 1,024, 2 KV heads of 64), forward (tokens x in -> out) and the
-weight gradient (in x tokens -> out), plus the 2048^3 square the peak is measured on. Sides
+weight gradient (in x tokens -> out); a batch-32 decode step's projections of llama_19m and
+SmolLM2-135M (d_model 576, MLP 1,536, vocabulary 49,152) in ``benchmarks/decode.py``; and the
+2048^3 square the peak is measured on. Sides
 alternate in rounds after warm-up; each figure is the median over rounds of a per-round median.
 Prints GFLOP/s per side and ``jax / torch`` (their time / ours: above 1 means XLA is faster),
 and ends with ``ratio=`` (the smallest over the non-square shapes)."""
@@ -35,6 +37,14 @@ SHAPES = (  # (label, M, K, N)
     ("llama_19m: MLP in (gate, up)", 2056, 384, 1024),
     ("llama_19m: MLP out", 2056, 1024, 384),
     ("llama_19m: MLP in, weight grad", 384, 2056, 1024),
+    ("llama_19m decode: q / o projection", 32, 384, 384),
+    ("llama_19m decode: MLP in", 32, 384, 1024),
+    ("llama_19m decode: MLP out", 32, 1024, 384),
+    ("llama_19m decode: logits", 32, 384, 8192),
+    ("SmolLM2 decode: q / o projection", 32, 576, 576),
+    ("SmolLM2 decode: MLP in", 32, 576, 1536),
+    ("SmolLM2 decode: MLP out", 32, 1536, 576),
+    ("SmolLM2 decode: logits", 32, 576, 49152),
     ("square (the peak)", 2048, 2048, 2048),
 )
 
@@ -73,7 +83,7 @@ def main() -> None:
         if not square:
             ratios.append(ratio)
         print(
-            f"{label:34s} {m:5d}x{k:4d}x{n:4d}  "
+            f"{label:36s} {m:5d}x{k:4d}x{n:4d}  "
             + "  ".join(f"{s} {t * 1e3:6.3f} ms ({gf[s]:4.0f} GFLOP/s)" for s, t in sec.items())
             + f"  jax / torch {ratio:.2f}"
         )
