@@ -1,7 +1,8 @@
-"""One f32 matmul, alone, at the shapes our CPU train steps run: XLA:CPU (a jitted ``x @ w``,
-no flags) against torch and numpy on the same arrays. A standalone repro for the train-step
-and PM/DPO rows that trail HF/TRL (docs/benchmarks.md): if the library's kernel for one shape is
-slower alone, no rewrite of the step around it can close that part of the gap.
+"""One f32 matmul, alone, at the shapes our CPU train and decode steps run: XLA:CPU (a jitted
+``x @ w``, no flags) against torch and numpy on the same arrays. A standalone repro for the
+train-step, decode and PM/DPO rows that trail HF/TRL (docs/benchmarks.md): if the library's
+kernel for one shape is slower alone, no rewrite of the step around it can close that part of
+the gap.
 
     python benchmarks/xla_cpu_dot.py [--reps 50] [--rounds 3]
 
@@ -10,8 +11,8 @@ of 49 tokens, d_model 128, MLP 384) and of ``benchmarks/train_step.py``'s llama_
 of 257 tokens, d_model 384, MLP 1,024, 2 KV heads of 64), forward (tokens x in -> out) and the
 weight gradient (in x tokens -> out); a batch-32 decode step's projections of llama_19m and
 SmolLM2-135M (d_model 576, MLP 1,536, vocabulary 49,152) in ``benchmarks/decode.py``; and the
-2048^3 square the peak is measured on. Sides
-alternate in rounds after warm-up; each figure is the median over rounds of a per-round median.
+2048^3 square the peak is measured on. Sides alternate in rounds after warm-up; each figure is
+the median over rounds of a per-round median.
 Prints GFLOP/s per side and ``jax / torch`` (their time / ours: above 1 means XLA is faster),
 and ends with ``ratio=`` (the smallest over the non-square shapes)."""
 
