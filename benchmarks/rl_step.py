@@ -390,7 +390,8 @@ def rloo_advantages(
 
 def ours_rloo(a: Assets, reps: int) -> Timings:
     """One RLOO iteration composed from rl_lib's compiled generate / score, the PM through
-    ``RewardModel`` and one compiled train step of ``ppo.rloo_loss`` (no stage has RLOO yet).
+    ``RewardModel`` and one compiled train step of ``ppo.rloo_loss`` (composed here; the
+    ``rl_cai`` stage's ``estimator = "rloo"`` is not what this row times).
     The policy carries a zero scalar head only because ``rl_lib.score_rollout`` reads values
     from it when there is no value model (a [B, T, D] x [D] dot; RLOO ignores it)."""
     mesh, rows, seq = a.mesh, rc.B * rc.K, rc.P + rc.N
